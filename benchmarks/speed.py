@@ -1,0 +1,242 @@
+"""Speed of the training pipeline, measured on this machine, in one run.
+
+    python benchmarks/speed.py            # throughput, ratio to the per-image baseline, FLOPs
+    python benchmarks/speed.py --full     # + a full 15-epoch Step 6 run: wall time, accuracy, RSS
+    python benchmarks/speed.py --ablate   # + channels_last / precision / threads / batch / compile
+
+Every figure is measured here; comparisons are ratios taken within this one run, because
+absolute seconds on a shared machine drift from run to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageEnhance
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from mnist_ladder import data, steps
+from mnist_ladder import train as T
+from mnist_ladder.augment import SEED_AUGMENT
+from mnist_ladder.data import MEAN, STD
+
+STEP = steps.get("step6")
+
+
+def machine() -> str:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+        else platform.processor()
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def flops_per_image() -> int:
+    """Forward + backward FLOPs of one Step 6 training image (torch's flop counter)."""
+    model, x = STEP.build(), torch.randn(64, 1, 28, 28)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), torch.zeros(64, dtype=torch.long)).backward()
+    return counter.get_total_flops() // 64
+
+
+# ---------------------------------------------------------------- our pipeline
+
+
+def ours_images_per_s(mnist: data.MNIST, batches: int, *, batch_size: int = 128,
+                      channels_last: bool = True, amp: bool | None = None,
+                      threads: int | None = None, compile_model: bool = False) -> float:
+    """Training throughput (augmentation + forward + backward + step), one partial epoch."""
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device("cpu")
+    amp = T.pick_amp("auto", device) if amp is None else amp
+    d = T.prepare(mnist, device, train_limit=batch_size * batches)
+    recipe = dataclasses.replace(STEP.recipe, batch_size=batch_size, epochs=3)
+    st = T.new_state(STEP, recipe, d, 1, device)
+    if not channels_last:
+        st.model.to(memory_format=torch.contiguous_format)
+    if compile_model:
+        st.model = torch.compile(st.model)
+    t0 = time.perf_counter()
+    T.train(st.model, d, st.optimizer, st.scheduler, True, recipe, st.generator, amp)
+    warm = time.perf_counter() - t0  # first epoch: warm-up (and compile time, if any)
+    t = time.perf_counter()
+    T.train(st.model, d, st.optimizer, st.scheduler, True, recipe, st.generator, amp)
+    rate = batch_size * batches / (time.perf_counter() - t)
+    torch.set_num_threads(old_threads)
+    if compile_model:
+        print(f"    (compile + first pass: {warm:.1f}s)")
+    return rate
+
+
+def eval_images_per_s(mnist: data.MNIST) -> float:
+    device = torch.device("cpu")
+    amp = T.pick_amp("auto", device)
+    d = T.prepare(mnist, device, train_limit=128)
+    model = T.build_model(STEP, device)
+    x, y = d.eval_sets["test"]
+    T.test(model, x, y, amp)
+    t = time.perf_counter()
+    T.test(model, x, y, amp)
+    return len(y) / (time.perf_counter() - t)
+
+
+# ---------------------------------------------------------------- the seed's pipeline
+
+
+class SeedPipeline(torch.utils.data.Dataset):
+    """The seed's per-image PIL pipeline (torchvision's transforms, written with PIL since
+    torchvision is not installed): rotation, affine, colour jitter, to-tensor, normalize."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, seed: int = 1) -> None:
+        self.images, self.labels = images.numpy(), labels
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _affine(self, img: Image.Image, angle: float, tx: float, ty: float, scale: float,
+                shear: float) -> Image.Image:
+        """torchvision's inverse affine matrix about the centre (shear along x), for PIL."""
+        cx = cy = 14.0
+        rot, sx = math.radians(angle), math.radians(shear)
+        a, c = math.cos(rot), math.sin(rot)
+        b = -math.cos(rot) * math.tan(sx) - math.sin(rot)
+        d = -math.sin(rot) * math.tan(sx) + math.cos(rot)
+        m = [v / scale for v in (d, -b, 0.0, -c, a, 0.0)]
+        m[2] += m[0] * (-cx - tx) + m[1] * (-cy - ty) + cx
+        m[5] += m[3] * (-cx - tx) + m[4] * (-cy - ty) + cy
+        return img.transform(img.size, Image.Transform.AFFINE, m, Image.Resampling.NEAREST)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        r, a = self.rng, SEED_AUGMENT
+        img = Image.fromarray(self.images[i], mode="L")
+        img = img.rotate(r.uniform(-a.rotation, a.rotation), Image.Resampling.NEAREST, fillcolor=1)
+        img = self._affine(img, r.uniform(-a.degrees, a.degrees),
+                           round(r.uniform(-2.8, 2.8)), round(r.uniform(-2.8, 2.8)),
+                           r.uniform(*a.scale), r.uniform(-a.shear, a.shear))
+        for enhance in r.permutation([0, 1]):
+            cls = ImageEnhance.Brightness if enhance == 0 else ImageEnhance.Contrast
+            img = cls(img).enhance(r.uniform(0.6, 1.4))
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
+        return (x - MEAN) / STD, int(self.labels[i])
+
+
+def seed_images_per_s(mnist: data.MNIST, batches: int) -> float:
+    """The seed's way on the CPU: DataLoader over the PIL pipeline, fp32, nn.Dropout."""
+    ds = SeedPipeline(mnist.train_images[: 128 * batches], mnist.train_labels[: 128 * batches])
+    loader = torch.utils.data.DataLoader(ds, batch_size=128, shuffle=True)
+    torch.manual_seed(1)
+    model = STEP.build()
+    for m in model.modules():  # the stock dropout, as the seed had it
+        for name, child in m.named_children():
+            if isinstance(child, nn.Dropout):
+                setattr(m, name, nn.Dropout(child.p))
+    opt = torch.optim.SGD(model.parameters(), lr=0.015, momentum=0.7)
+    model.train()
+    t = time.perf_counter()
+    for x, y in loader:
+        loss = F.nll_loss(F.log_softmax(model(x), 1), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return 128 * batches / (time.perf_counter() - t)
+
+
+# ---------------------------------------------------------------- full run
+
+
+def full_run(mnist: data.MNIST) -> dict:
+    device = torch.device("cpu")
+    amp = T.pick_amp("auto", device)
+    t = time.perf_counter()
+    d = T.prepare(mnist, device)
+    hist = []
+    for r in T.fit(STEP, d, STEP.recipe, seed=1, amp=amp):
+        hist.append(r)
+        print(f"    epoch {r.epoch:>2}: test {r.test_acc:.2f}%  {r.seconds:.1f}s", flush=True)
+    return {"wall_s": time.perf_counter() - t, "last3": [h.test_acc for h in hist[-3:]],
+            "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def median_rate(fn, reps: int) -> float:
+    return statistics.median(fn() for _ in range(reps))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--full", action="store_true", help="also time a full 15-epoch Step 6 run")
+    ap.add_argument("--ablate", action="store_true", help="also measure each speed choice")
+    ap.add_argument("--batches", type=int, default=60)
+    ap.add_argument("--reps", type=int, default=3)
+    a = ap.parse_args()
+    mnist = data.load()
+    print(f"machine: {machine()}")
+    peak32, peak16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
+    flops = flops_per_image()
+    ours = median_rate(lambda: ours_images_per_s(mnist, a.batches), a.reps)
+    seed = median_rate(lambda: seed_images_per_s(mnist, a.batches // 3), a.reps)
+    ev = eval_images_per_s(mnist)
+    achieved = ours * flops / 1e9
+    amp = T.pick_amp("auto", torch.device("cpu"))
+    peak = peak16 if amp else peak32
+    rows = [
+        ("train images/s, ours (batched aug, in memory)", f"{ours:,.0f}"),
+        ("train images/s, seed's per-image PIL pipeline", f"{seed:,.0f}"),
+        ("ratio ours / per-image", f"{ours / seed:.1f}x"),
+        ("eval images/s", f"{ev:,.0f}"),
+        ("precision", "bf16 autocast" if amp else "fp32"),
+        ("model FLOPs per image, forward + backward", f"{flops / 1e6:.2f} M"),
+        ("achieved GFLOP/s (model FLOPs x train images/s)", f"{achieved:.1f}"),
+        ("measured matmul GFLOP/s fp32 / bf16", f"{peak32:.0f} / {peak16:.0f}"),
+        ("fraction of matmul peak (same precision)", f"{100 * achieved / peak:.1f}%"),
+    ]
+    if a.ablate:
+        print("ablations (train images/s, median of reps; each a ratio to the default):")
+        base = ours
+        for label, kw in [("NCHW instead of channels_last", {"channels_last": False}),
+                          ("fp32 instead of bf16", {"amp": False}),
+                          ("1 thread", {"threads": 1}),
+                          ("batch 256", {"batch_size": 256}),
+                          ("batch 512", {"batch_size": 512})]:
+            r = median_rate(lambda kw=kw: ours_images_per_s(mnist, a.batches, **kw), a.reps)
+            rows.append((f"ablation: {label}", f"{r:,.0f} ({r / base:.2f}x)"))
+            print(f"  {label}: {r:,.0f}", flush=True)
+        r = ours_images_per_s(mnist, a.batches, compile_model=True)
+        rows.append(("ablation: torch.compile (steady state)", f"{r:,.0f} ({r / base:.2f}x)"))
+    if a.full:
+        print("full Step 6 run, 15 epochs:")
+        f = full_run(mnist)
+        rows += [("Step 6, 15 epochs, train + test every epoch", f"{f['wall_s']:.0f} s"),
+                 ("test accuracy, last 3 epochs", " / ".join(f"{v:.2f}" for v in f["last3"])),
+                 ("peak resident memory", f"{f['rss_mib']:.0f} MiB")]
+    width = max(len(k) for k, _ in rows)
+    print(f"\n| {'measure':<{width}} | value |\n|{'-' * (width + 2)}|-------|")
+    for k, v in rows:
+        print(f"| {k:<{width}} | {v} |")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""`ladder ...`: the command line. Every bad input is one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from . import data, steps
+from .experiment import RunError, execute, make_spec
+from .models import count_parameters
+from .steps import UnknownStep
+from .store import Store, StoreError, default_db_path
+from .summary import summary_table
+from .train import ConfigError, pick_amp, pick_device
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {v}")
+    return v
+
+
+def seed_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"a seed is 0 or more, got {v}")
+    return v
+
+
+def step_name(text: str) -> str:
+    steps.get(text)  # raises UnknownStep naming the valid ones
+    return text
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_data(a: argparse.Namespace) -> int:
+    cache = data.fetch(a.data_dir, a.idx_dir)
+    print(f"MNIST verified in {cache}")
+    return 0
+
+
+def cmd_list(a: argparse.Namespace) -> int:
+    for s in steps.STEPS.values():
+        print(f"{s.name:<7} {s.params:>10,}  {s.title}: {s.target[0]}")
+    return 0
+
+
+def cmd_summary(a: argparse.Namespace) -> int:
+    step = steps.get(a.step)
+    print(f"{step.name}: {step.title}")
+    print(summary_table(step.build()))
+    return 0
+
+
+def _device_and_amp(a: argparse.Namespace) -> tuple[torch.device, bool]:
+    device = pick_device(a.device)
+    return device, pick_amp(a.precision, device)
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    device, amp = _device_and_amp(a)
+    with Store(a.db) as store:
+        resume = None
+        if a.resume:
+            resume = store.run(a.resume)
+            if resume.effective_status == "finished":
+                raise RunError(f"run {resume.id} already finished")
+            if resume.effective_status == "running":
+                raise RunError(f"run {resume.id} is still running (pid {resume.pid})")
+            from .experiment import Spec, load_checkpoint
+            spec = Spec.from_dict(load_checkpoint(Path(resume.run_dir) / "checkpoint.pt")["spec"])
+            step = steps.get(spec.step)
+        else:
+            step = steps.get(a.step)
+            spec = make_spec(step, a.seed, epochs=a.epochs, batch_size=a.batch_size, val=a.val)
+        model = step.build()
+        print(f"{step.name}: {step.title}  ({count_parameters(model):,} parameters, "
+              f"device {device}, {'bf16 autocast' if amp else 'fp32'})")
+        print(summary_table(model))
+        mnist = data.load(a.data_dir, a.idx_dir)
+        row = execute(spec, mnist, store, a.out, device=device, amp=amp, resume=resume)
+        hist = store.epochs(row.id)
+        best = max(h["test_acc"] for h in hist)
+        print(f"run {row.id}: best test {best:.2f}%, final {hist[-1]['test_acc']:.2f}%, "
+              f"{row.wall_seconds:.0f}s -> {row.run_dir}")
+    return 0
+
+
+def cmd_runs(a: argparse.Namespace) -> int:
+    with Store(a.db, create=False) as store:
+        rows = store.runs(a.step)
+        if not rows:
+            print("no runs")
+        for r in rows:
+            hist = store.epochs(r.id)
+            final = f"{hist[-1]['test_acc']:.2f}" if hist else "-"
+            print(f"{r.id:<36} {r.effective_status:<11} {r.protocol:<5} epochs {len(hist):>2}/"
+                  f"{r.recipe['epochs']:<2} final test {final:>6}  {r.params:>9,} params")
+    return 0
+
+
+def cmd_show(a: argparse.Namespace) -> int:
+    from .experiment import epoch_line
+    from .train import EpochResult
+    with Store(a.db, create=False) as store:
+        r = store.run(a.run)
+        print(f"run {r.id}  step {r.step}  seed {r.seed}  protocol {r.protocol}  "
+              f"status {r.effective_status}")
+        print(f"params {r.params:,}  device {r.device}  amp {bool(r.amp)}  torch {r.torch_version}"
+              f"  code {r.code_hash}  git {r.git_commit or '-'}{' (dirty)' if r.git_dirty else ''}")
+        print(f"started {r.started}  finished {r.finished or '-'}  wall "
+              f"{r.wall_seconds or 0:.0f}s  folder {r.run_dir}")
+        print(f"recipe {r.recipe}")
+        for h in store.epochs(r.id):
+            h.pop("run_id")
+            print(epoch_line(EpochResult(**h), r.recipe["epochs"]))
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> Parser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", type=Path, default=None,
+                        help=f"results store (default {default_db_path()}, or $MNIST_LADDER_DB)")
+    common.add_argument("--data-dir", type=Path, default=None,
+                        help="MNIST cache folder (default: user cache, or $MNIST_LADDER_DATA)")
+    common.add_argument("--idx-dir", type=Path, default=None,
+                        help="a folder of MNIST IDX files to use (or $MNIST_LADDER_IDX)")
+    train_opts = argparse.ArgumentParser(add_help=False)
+    train_opts.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    train_opts.add_argument("--precision", default="auto",
+                            help="auto | bf16 | off (auto: bf16 where the hardware has it)")
+    train_opts.add_argument("--out", type=Path, default=Path("runs"), help="run folders go here")
+    train_opts.add_argument("--val", action="store_true",
+                            help="validation protocol: train on 50,000, select on the last 10,000")
+
+    p = Parser(prog="ladder", description="Climb the MNIST ladder: tiny CNNs, step by step.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    s = sub.add_parser("data", parents=[common], help="fetch, verify and cache MNIST")
+    s.set_defaults(func=cmd_data)
+    s = sub.add_parser("list", help="the steps, their parameters and targets")
+    s.set_defaults(func=cmd_list)
+    s = sub.add_parser("summary", help="per-layer table with receptive field")
+    s.add_argument("step", type=step_name)
+    s.set_defaults(func=cmd_summary)
+    s = sub.add_parser("run", parents=[common, train_opts], help="train one step")
+    s.add_argument("step", type=step_name, nargs="?")
+    s.add_argument("--epochs", type=positive_int)
+    s.add_argument("--seed", type=seed_int, default=1)
+    s.add_argument("--batch-size", type=positive_int)
+    s.add_argument("--resume", metavar="RUN", help="continue an interrupted run")
+    s.set_defaults(func=cmd_run)
+    s = sub.add_parser("runs", parents=[common], help="list the runs in the store")
+    s.add_argument("--step")
+    s.set_defaults(func=cmd_runs)
+    s = sub.add_parser("show", parents=[common], help="one run, epoch by epoch")
+    s.add_argument("run")
+    s.set_defaults(func=cmd_show)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        a = parser.parse_args(argv)
+        if a.command == "run" and not (a.step or a.resume):
+            parser.error("run needs a STEP (or --resume RUN)")
+        return a.func(a)
+    except (UnknownStep, ConfigError, data.DataError, StoreError, RunError) as e:
+        print(f"ladder: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nladder: interrupted; the last finished epoch is saved "
+              "(continue with `ladder run --resume RUN`)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

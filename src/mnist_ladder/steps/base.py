@@ -1,0 +1,60 @@
+"""What a ladder step is: a target, a model, a recipe and an analysis, in one definition."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from torch import nn
+
+from ..augment import Augment
+
+
+@dataclass(frozen=True)
+class Recipe:
+    epochs: int = 15
+    batch_size: int = 128
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    scheduler: str = "none"  # none | onecycle | step
+    max_lr: float = 0.0  # onecycle
+    pct_start: float = 0.3  # onecycle
+    step_size: int = 0  # step: epochs between decays
+    gamma: float = 0.1  # step
+    label_smoothing: float = 0.0
+    ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
+    augment: Augment = field(default_factory=Augment)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Recipe:
+        d = dict(d)
+        aug = d.pop("augment", {}) or {}
+        aug["scale"] = tuple(aug.get("scale", (1.0, 1.0)))
+        return cls(**d, augment=Augment(**aug))
+
+
+@dataclass(frozen=True)
+class SeedResults:
+    """The seed document's own numbers for a step, read from its notebook logs."""
+
+    params: int
+    test_curve: tuple[float, ...]
+    best_train: float | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    title: str
+    target: tuple[str, ...]
+    build: Callable[[], nn.Module]
+    recipe: Recipe
+    analysis: tuple[str, ...]
+    params: int  # pinned: a test checks the built model against it
+    seed: SeedResults | None = None

@@ -1,0 +1,287 @@
+"""The one training engine: `fit` runs any step's recipe and yields one record per epoch.
+
+Shaped like pytorch/examples' mnist: `train(...)` runs one epoch, `test(...)` evaluates, and
+`fit(...)` strings them together. The whole data set lives on the device as one tensor;
+batches are drawn by index and augmented a whole batch at a time. The training loop never
+asks the device for a number until the epoch ends.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from . import augment as aug
+from .data import MEAN, MNIST, STD
+from .steps import Recipe, Step
+
+VAL_SIZE = 10_000  # the validation protocol holds out the last 10,000 training images
+EPOCH_CHUNK = 8192  # images augmented at once: large enough to amortize, small enough for memory
+
+
+class ConfigError(ValueError):
+    """A bad argument: reported as one line, never a traceback."""
+
+
+# ---------------------------------------------------------------- device and precision
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("CUDA was asked for but is not available on this machine")
+    return torch.device(name)
+
+
+def pick_amp(name: str, device: torch.device) -> bool:
+    """bf16 autocast: on CUDA with bf16 support, on CPUs with native bf16 (AVX512-BF16/AMX)."""
+    if name not in ("auto", "bf16", "off"):
+        raise ConfigError(f"unknown precision {name!r}; use auto, bf16 or off")
+    if name != "auto":
+        return name == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+# ---------------------------------------------------------------- data on the device
+
+
+@dataclass
+class DeviceData:
+    train_x: torch.Tensor  # uint8 [N, 1, 28, 28]: augmented and normalized once per epoch
+    train_y: torch.Tensor
+    eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (normalized x, y)
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 1, 28, 28] or [N, 28, 28] -> float [N, 1, 28, 28] in [0, 1]."""
+    return images.view(-1, 1, 28, 28).float().div_(255)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    return (x - MEAN) / STD
+
+
+def prepare(mnist: MNIST, device: torch.device, *, val: bool = False,
+            train_limit: int | None = None, eval_limit: int | None = None) -> DeviceData:
+    """Seed protocol: train on 60,000, evaluate on test. Validation protocol (`val`): train on
+    the first 50,000, evaluate on the last 10,000 training images and on test."""
+    train_x, train_y = mnist.train_images, mnist.train_labels
+    eval_sets = {"test": (mnist.test_images, mnist.test_labels)}
+    if val:
+        eval_sets["val"] = (train_x[-VAL_SIZE:], train_y[-VAL_SIZE:])
+        train_x, train_y = train_x[:-VAL_SIZE], train_y[:-VAL_SIZE]
+    return DeviceData(
+        train_x=train_x[:train_limit].to(device).unsqueeze(1),
+        train_y=train_y[:train_limit].to(device),
+        eval_sets={k: (normalize(to_unit(x[:eval_limit].to(device))), y[:eval_limit].to(device))
+                   for k, (x, y) in eval_sets.items()},
+    )
+
+
+# ---------------------------------------------------------------- optimizer and schedule
+
+
+def make_optimizer(model: nn.Module, r: Recipe) -> torch.optim.Optimizer:
+    if r.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum,
+                               nesterov=r.nesterov, weight_decay=r.weight_decay, fused=True)
+    if r.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=r.weight_decay,
+                                 fused=True)
+    raise ConfigError(f"unknown optimizer {r.optimizer!r}")
+
+
+def make_scheduler(opt: torch.optim.Optimizer, r: Recipe, steps_per_epoch: int):
+    """Returns (scheduler or None, stepped per batch?)."""
+    if r.scheduler == "none":
+        return None, False
+    if r.scheduler == "onecycle":  # the seed's: stepped every batch, momentum cycles too
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=r.max_lr, epochs=r.epochs, steps_per_epoch=steps_per_epoch,
+            pct_start=r.pct_start), True
+    if r.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=r.step_size, gamma=r.gamma), False
+    raise ConfigError(f"unknown scheduler {r.scheduler!r}")
+
+
+# ---------------------------------------------------------------- train and test
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    lr: float
+    train_loss: float
+    train_acc: float
+    test_loss: float
+    test_acc: float
+    seconds: float
+    val_loss: float | None = None
+    val_acc: float | None = None
+
+
+def _progress(total: int, desc: str) -> tqdm:
+    # A bar on a terminal; nothing per batch when piped (the epoch line says it all).
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr,
+                disable=not sys.stderr.isatty())
+
+
+def train(model: nn.Module, data: DeviceData, optimizer: torch.optim.Optimizer,
+          scheduler, per_batch: bool, recipe: Recipe,
+          generator: torch.Generator, amp: bool, desc: str = "") -> tuple[float, float]:
+    """One epoch; returns (mean loss, accuracy %) over the augmented training images."""
+    model.train()
+    n, device, batch_size = len(data.train_y), data.train_y.device, recipe.batch_size
+    # The epoch's images, shuffled, augmented and normalized in a few large chunks: batches are
+    # then plain slices, and per-batch work is only the model's.
+    order = torch.randperm(n, generator=generator, device=device)
+    x_epoch = torch.cat([
+        normalize(aug.augment(to_unit(data.train_x[idx]), recipe.augment, generator))
+        for idx in order.split(EPOCH_CHUNK)])
+    y_epoch = data.train_y[order]
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    with _progress(math.ceil(n / batch_size), desc) as bar:
+        for start in range(0, n, batch_size):
+            x, y = x_epoch[start:start + batch_size], y_epoch[start:start + batch_size]
+            with autocast(device, amp):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if per_batch:
+                scheduler.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            bar.update()
+    return loss_sum.item() / n, 100.0 * correct.item() / n
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor, amp: bool = False,
+            batch_size: int = 2000) -> torch.Tensor:
+    """Logits (float32) for normalized images x, in large batches."""
+    model.eval()
+    with autocast(x.device, amp):
+        return torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
+
+
+def test(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool = False) -> tuple[float, float]:
+    """(mean loss, accuracy %) on a held-out set."""
+    logits = predict(model, x, amp)
+    loss = F.cross_entropy(logits, y).item()
+    return loss, 100.0 * (logits.argmax(1) == y).float().mean().item()
+
+
+# ---------------------------------------------------------------- fit
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue a run exactly where it stopped."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    per_batch: bool
+    generator: torch.Generator
+    history: list[EpochResult] = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "generator": self.generator.get_state(),
+            "cpu_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "history": [asdict(h) for h in self.history],
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.model.load_state_dict(sd["model"])
+        self.optimizer.load_state_dict(sd["optimizer"])
+        if self.scheduler:
+            self.scheduler.load_state_dict(sd["scheduler"])
+        self.generator.set_state(sd["generator"])
+        torch.set_rng_state(sd["cpu_rng"])
+        if sd["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(sd["cuda_rng"])
+        self.history = [EpochResult(**h) for h in sd["history"]]
+
+
+def set_determinism(seed: int) -> None:
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+def build_model(step: Step, device: torch.device) -> nn.Module:
+    return step.build().to(device, memory_format=torch.channels_last)
+
+
+def new_state(step: Step, recipe: Recipe, data: DeviceData, seed: int,
+              device: torch.device) -> TrainState:
+    set_determinism(seed)
+    model = build_model(step, device)
+    optimizer = make_optimizer(model, recipe)
+    steps_per_epoch = math.ceil(len(data.train_y) / recipe.batch_size)
+    scheduler, per_batch = make_scheduler(optimizer, recipe, steps_per_epoch)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return TrainState(model, optimizer, scheduler, per_batch, generator)
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a crash leaves the previous checkpoint, never half of one
+
+
+def fit(step: Step, data: DeviceData, recipe: Recipe, *, seed: int = 1, amp: bool = False,
+        state: TrainState | None = None,
+        on_epoch: Callable[[EpochResult, TrainState], None] | None = None) -> Iterator[EpochResult]:
+    """Train `step`'s model with `recipe` and yield an EpochResult after every epoch.
+
+    Pass `state` (from `new_state` + `load_state_dict`) to continue an interrupted run.
+    `on_epoch` runs after each epoch, before the result is yielded (e.g. to checkpoint).
+    """
+    device = data.train_y.device
+    if state is None:
+        state = new_state(step, recipe, data, seed, device)
+    for epoch in range(len(state.history) + 1, recipe.epochs + 1):
+        t0 = time.perf_counter()
+        lr = state.optimizer.param_groups[0]["lr"]
+        train_loss, train_acc = train(state.model, data, state.optimizer, state.scheduler,
+                                      state.per_batch, recipe, state.generator, amp,
+                                      desc=f"{step.name} epoch {epoch}/{recipe.epochs}")
+        if state.scheduler is not None and not state.per_batch:
+            state.scheduler.step()
+        scores = {name: test(state.model, x, y, amp) for name, (x, y) in data.eval_sets.items()}
+        val = scores.get("val", (None, None))
+        result = EpochResult(epoch, lr, train_loss, train_acc, *scores["test"],
+                             seconds=time.perf_counter() - t0, val_loss=val[0], val_acc=val[1])
+        state.history.append(result)
+        if on_epoch:
+            on_epoch(result, state)
+        yield result
