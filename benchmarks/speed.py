@@ -190,6 +190,8 @@ def main() -> None:
     ap.add_argument("--ablate", action="store_true", help="also measure each speed choice")
     ap.add_argument("--batches", type=int, default=60)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--write-readme", action="store_true",
+                    help="put the table into README.md between its bench markers")
     a = ap.parse_args()
     mnist = data.load()
     print(f"machine: {machine()}")
@@ -232,10 +234,22 @@ def main() -> None:
                  ("test accuracy, last 3 epochs", " / ".join(f"{v:.2f}" for v in f["last3"])),
                  ("peak resident memory", f"{f['rss_mib']:.0f} MiB")]
     width = max(len(k) for k, _ in rows)
-    print(f"\n| {'measure':<{width}} | value |\n|{'-' * (width + 2)}|-------|")
-    for k, v in rows:
-        print(f"| {k:<{width}} | {v} |")
+    table = [f"| {'measure':<{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
+    table += [f"| {k:<{width}} | {v} |" for k, v in rows]
+    print("\n" + "\n".join(table))
     sys.stdout.flush()
+    if a.write_readme:
+        write_readme(table)
+
+
+def write_readme(table: list[str]) -> None:
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    stamp = f"Measured {time.strftime('%Y-%m-%d')} on: {machine()}"
+    readme.write_text(f"{head}{start}\n{stamp}\n\n" + "\n".join(table) + f"\n{end}{tail}")
 
 
 if __name__ == "__main__":

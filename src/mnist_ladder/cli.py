@@ -90,7 +90,8 @@ def cmd_run(a: argparse.Namespace) -> int:
             step = steps.get(spec.step)
         else:
             step = steps.get(a.step)
-            spec = make_spec(step, a.seed, epochs=a.epochs, batch_size=a.batch_size, val=a.val)
+            spec = make_spec(step, a.seed, epochs=a.epochs, batch_size=a.batch_size, val=a.val,
+                             train_limit=a.train_limit, eval_limit=a.eval_limit)
         model = step.build()
         print(f"{step.name}: {step.title}  ({count_parameters(model):,} parameters, "
               f"device {device}, {'bf16 autocast' if amp else 'fp32'})")
@@ -169,6 +170,10 @@ def build_parser() -> Parser:
     s.add_argument("--seed", type=seed_int, default=1)
     s.add_argument("--batch-size", type=positive_int)
     s.add_argument("--resume", metavar="RUN", help="continue an interrupted run")
+    s.add_argument("--train-limit", type=positive_int, metavar="N",
+                   help="train on the first N images only (quick checks)")
+    s.add_argument("--eval-limit", type=positive_int, metavar="N",
+                   help="evaluate on the first N images only (quick checks)")
     s.set_defaults(func=cmd_run)
     s = sub.add_parser("runs", parents=[common], help="list the runs in the store")
     s.add_argument("--step")

@@ -1,0 +1,114 @@
+"""The command line as a user meets it: real processes, real exit codes, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mnist_ladder import cli
+
+
+def ladder(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mnist_ladder", *args], cwd=cwd,
+                          capture_output=True, text=True, check=check, timeout=600)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "step9"], "valid steps: step0"),
+    (["run", "step6", "--epochs", "0"], "must be positive"),
+    (["run", "step6", "--seed", "-1"], "a seed is 0 or more"),
+    (["run", "step6", "--batch-size", "-5"], "must be positive"),
+    (["run", "step6", "--device", "tpu"], "unknown device"),
+    (["run", "step6", "--precision", "fp8"], "unknown precision"),
+    (["summary", "nope"], "unknown step"),
+    (["show", "no-such-run"], "no "),
+])
+def test_bad_input_is_one_line_nonzero_and_writes_nothing(tmp_path: Path, args, message) -> None:
+    r = ladder(*args, "--db", str(tmp_path / "runs" / "x.db"), cwd=tmp_path) \
+        if args[0] in ("run", "show") else ladder(*args, cwd=tmp_path)
+    assert r.returncode != 0
+    assert message in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists() or args[0] == "show"
+
+
+def test_cuda_asked_for_but_absent(tmp_path: Path) -> None:
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = ladder("run", "step6", "--device", "cuda", cwd=tmp_path)
+    assert r.returncode == 2 and "not available" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_list_and_summary(capsys) -> None:
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"step{i}" in out for i in range(7)) and "6,720" in out
+    assert cli.main(["summary", "step6"]) == 0
+    assert "total parameters: 6,720" in capsys.readouterr().out
+
+
+def test_run_writes_metrics_weights_and_store(tmp_path: Path, mnist) -> None:
+    r = ladder("run", "step6", "--epochs", "2", "--train-limit", "2000", "--eval-limit", "1000",
+               "--seed", "5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "epoch  2/2" in r.stdout and "total parameters: 6,720" in r.stdout
+    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert (run_dir / "model.pt").is_file() and (run_dir / "checkpoint.pt").is_file()
+    db = sqlite3.connect(tmp_path / "runs" / "ladder.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    status, params, seed = db.execute("SELECT status, params, seed FROM runs").fetchone()
+    assert (status, params, seed) == ("finished", 6720, 5)
+    rows = db.execute("SELECT epoch, test_acc FROM epochs ORDER BY epoch").fetchall()
+    assert [e for e, _ in rows] == [1, 2]
+    assert rows[-1][1] == pytest.approx(metrics[-1]["test_acc"])
+    shown = ladder("show", run_dir.name, cwd=tmp_path)
+    assert shown.returncode == 0 and "epoch  2/2" in shown.stdout
+
+
+def wait_for_epochs(db: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        if db.exists():
+            try:
+                count = sqlite3.connect(db).execute("SELECT COUNT(*) FROM epochs").fetchone()[0]
+            except sqlite3.OperationalError:
+                count = 0
+            if count >= n:
+                return
+        time.sleep(0.2)
+    raise TimeoutError
+
+
+def test_sigkill_mid_run_resumes_without_duplicated_epochs(tmp_path: Path, mnist) -> None:
+    args = ["run", "step6", "--epochs", "4", "--train-limit", "4000", "--eval-limit", "500"]
+    proc = subprocess.Popen([sys.executable, "-m", "mnist_ladder", *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    db = tmp_path / "runs" / "ladder.db"
+    wait_for_epochs(db, 1, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    listed = ladder("runs", cwd=tmp_path).stdout
+    assert "interrupted" in listed
+    run_id = listed.split()[0]
+    r = ladder("run", "--resume", run_id, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stdout
+    con = sqlite3.connect(db)
+    epochs = [e for (e,) in con.execute("SELECT epoch FROM epochs WHERE run_id=?", (run_id,))]
+    assert sorted(epochs) == [1, 2, 3, 4]
+    assert con.execute("SELECT status FROM runs").fetchone()[0] == "finished"
+    again = ladder("run", "--resume", run_id, cwd=tmp_path)
+    assert again.returncode == 2 and "already finished" in again.stderr

@@ -1,0 +1,63 @@
+"""Checkpoints and resume: an interrupted run continues to exactly the same numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnist_ladder import experiment, steps
+from mnist_ladder.store import Store
+
+CPU = torch.device("cpu")
+
+
+def spec(epochs: int = 3) -> experiment.Spec:
+    return experiment.make_spec(steps.get("step6"), seed=7, epochs=epochs, train_limit=2_000,
+                                eval_limit=500)
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, mnist, monkeypatch) -> None:
+    store = Store(tmp_path / "l.db")
+    full = experiment.execute(spec(), mnist, store, tmp_path, device=CPU, amp=False,
+                              log=lambda s: None)
+    real_fit = experiment.fit
+
+    def fit_then_ctrl_c(*a, **kw):
+        for i, r in enumerate(real_fit(*a, **kw)):
+            yield r
+            if i == 1:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "fit", fit_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.execute(spec(), mnist, store, tmp_path, device=CPU, amp=False,
+                           log=lambda s: None)
+    monkeypatch.setattr(experiment, "fit", real_fit)
+    (cut,) = [r for r in store.runs() if r.id != full.id]
+    assert cut.effective_status == "interrupted" and len(store.epochs(cut.id)) == 2
+    resumed = experiment.execute(spec(), mnist, store, tmp_path, device=CPU, amp=False,
+                                 resume=cut, log=lambda s: None)
+    a, b = store.epochs(full.id), store.epochs(resumed.id)
+    keys = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc"]
+    assert [[e[k] for k in keys] for e in a] == [[e[k] for k in keys] for e in b]
+    w1 = torch.load(Path(full.run_dir) / "model.pt", weights_only=True)["state_dict"]
+    w2 = torch.load(Path(resumed.run_dir) / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_crafted_checkpoint_is_refused(tmp_path: Path) -> None:
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(experiment.RunError, match="not a loadable checkpoint"):
+        experiment.load_checkpoint(path)
+
+
+def test_code_hash_is_stable() -> None:
+    assert experiment.code_hash() == experiment.code_hash()
+    assert len(experiment.code_hash()) == 16

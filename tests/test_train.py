@@ -1,0 +1,77 @@
+"""Real training on real MNIST subsets: fails if the model, the data or the loop break."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from mnist_ladder import steps
+from mnist_ladder import train as T
+
+CPU = torch.device("cpu")
+
+
+def short(step: str, epochs: int, **kw) -> steps.Recipe:
+    return dataclasses.replace(steps.get(step).recipe, epochs=epochs, **kw)
+
+
+def test_step6_learns_mnist_from_a_subset(mnist) -> None:
+    data = T.prepare(mnist, CPU, train_limit=12_000, eval_limit=2_000)
+    hist = list(T.fit(steps.get("step6"), data, short("step6", 3), seed=1))
+    assert len(hist) == 3
+    assert hist[-1].test_acc >= 96.5, [h.test_acc for h in hist]
+    assert hist[-1].train_loss < hist[0].train_loss
+
+
+def test_step2_fp32_learns_without_augmentation(mnist) -> None:
+    data = T.prepare(mnist, CPU, train_limit=12_000, eval_limit=2_000)
+    hist = list(T.fit(steps.get("step2"), data, short("step2", 2), seed=1, amp=False))
+    assert hist[-1].test_acc >= 90.0, [h.test_acc for h in hist]
+
+
+def test_shuffled_labels_do_not_learn(mnist) -> None:
+    """The accuracy assertions above mean something: broken labels stay near chance."""
+    data = T.prepare(mnist, CPU, train_limit=6_000, eval_limit=2_000)
+    g = torch.Generator().manual_seed(0)
+    data.train_y = data.train_y[torch.randperm(len(data.train_y), generator=g)]
+    hist = list(T.fit(steps.get("step2"), data, short("step2", 1), seed=1))
+    assert hist[0].test_acc < 40.0
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(mnist) -> None:
+    data = T.prepare(mnist, CPU, train_limit=2_048, eval_limit=1_000)
+    recipe = short("step6", 2)
+
+    def run(seed: int) -> list[tuple]:
+        return [(r.train_loss, r.test_loss, r.test_acc) for r in
+                T.fit(steps.get("step6"), data, recipe, seed=seed)]
+
+    assert run(3) == run(3)
+    assert run(3) != run(4)
+
+
+def test_validation_protocol_holds_out_the_last_10000(mnist) -> None:
+    data = T.prepare(mnist, CPU, val=True)
+    assert len(data.train_y) == 50_000
+    assert torch.equal(data.eval_sets["val"][1], mnist.train_labels[-10_000:])
+    assert set(data.eval_sets) == {"test", "val"}
+
+
+def test_onecycle_is_stepped_per_batch_and_settles(mnist) -> None:
+    data = T.prepare(mnist, CPU, train_limit=1_280, eval_limit=500)
+    hist = list(T.fit(steps.get("step6"), data, short("step6", 3), seed=1))
+    lrs = [h.lr for h in hist]
+    assert lrs[0] < lrs[1]  # warming up from max_lr / 25
+    assert lrs[0] == pytest.approx(0.015 / 25, rel=1e-6)
+
+
+def test_bad_device_and_precision_are_config_errors() -> None:
+    with pytest.raises(T.ConfigError):
+        T.pick_device("tpu")
+    with pytest.raises(T.ConfigError):
+        T.pick_amp("fp8", CPU)
+    if not torch.cuda.is_available():
+        with pytest.raises(T.ConfigError, match="not available"):
+            T.pick_device("cuda")
