@@ -105,6 +105,70 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
+def parse_seeds(text: str) -> list[int]:
+    """'5' -> seeds 1..5; '1,2,7' -> those seeds."""
+    try:
+        if "," not in text:
+            n = int(text)
+            if n <= 0:
+                raise ValueError
+            return list(range(1, n + 1))
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a count (5) or a list (1,2,3)") from None
+    if any(s < 0 for s in seeds):
+        raise argparse.ArgumentTypeError("seeds are 0 or more")
+    return seeds
+
+
+def parse_steps(text: str) -> list[str]:
+    return [step_name(s.strip()) for s in text.split(",") if s.strip()]
+
+
+def cmd_ladder(a: argparse.Namespace) -> int:
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    from .experiment import Task, run_task
+    device, amp = _device_and_amp(a)
+    data.fetch(a.data_dir, a.idx_dir)  # once, before any worker needs it
+    db = str(a.db or default_db_path())
+    Store(db).close()
+    threads = max(1, (os.cpu_count() or 1) // a.jobs) if device.type == "cpu" else 1
+    tasks = [Task(make_spec(steps.get(name), seed, val=a.val), db, str(a.out), str(device), amp,
+                  threads) for seed in a.seeds for name in a.steps]
+    print(f"{len(tasks)} runs: steps {', '.join(a.steps)} x seeds {a.seeds}; {a.jobs} job(s)")
+    if a.jobs == 1:
+        for t in tasks:
+            run_id, what = run_task(t)
+            print(f"{run_id}: {what}")
+    else:
+        with ProcessPoolExecutor(a.jobs, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(run_task, t): t for t in tasks}
+            for f in as_completed(futures):
+                run_id, what = f.result()
+                print(f"{run_id}: {what}", flush=True)
+    if a.report:
+        return cmd_report(a)
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from .report import write_report
+    db = a.db or default_db_path()
+    try:
+        mnist = data.load(a.data_dir, a.idx_dir)
+        test = (mnist.test_images, mnist.test_labels)
+    except data.DataError as e:
+        print(f"ladder: MNIST unavailable, figures of models skipped ({e})", file=sys.stderr)
+        test = None
+    out, skipped = write_report(Path(db), a.report_path, test)
+    print(f"wrote {out} and {out.parent / 'report'}/" + (f" ({len(skipped)} item(s) skipped, "
+          "listed at its end)" if skipped else ""))
+    return 0
+
+
 def cmd_runs(a: argparse.Namespace) -> int:
     with Store(a.db, create=False) as store:
         rows = store.runs(a.step)
@@ -175,6 +239,22 @@ def build_parser() -> Parser:
     s.add_argument("--eval-limit", type=positive_int, metavar="N",
                    help="evaluate on the first N images only (quick checks)")
     s.set_defaults(func=cmd_run)
+    report_opts = argparse.ArgumentParser(add_help=False)
+    report_opts.add_argument("--report-path", type=Path, default=Path("REPORT.md"),
+                             help="where REPORT.md goes; figures go beside it in report/")
+    s = sub.add_parser("ladder", parents=[common, train_opts, report_opts],
+                       help="run steps x seeds (skipping finished runs), then write the report")
+    s.add_argument("--steps", type=parse_steps, default=list(steps.STEPS),
+                   help="comma-separated steps (default: all)")
+    s.add_argument("--seeds", type=parse_seeds, default=[1, 2, 3],
+                   help="a count (5 = seeds 1..5) or a list (1,2,3); default 3")
+    s.add_argument("--jobs", type=positive_int, default=1,
+                   help="parallel processes, each with its share of the CPU threads")
+    s.add_argument("--no-report", dest="report", action="store_false")
+    s.set_defaults(func=cmd_ladder)
+    s = sub.add_parser("report", parents=[common, report_opts],
+                       help="write REPORT.md and report/*.png from the results store")
+    s.set_defaults(func=cmd_report)
     s = sub.add_parser("runs", parents=[common], help="list the runs in the store")
     s.add_argument("--step")
     s.set_defaults(func=cmd_runs)

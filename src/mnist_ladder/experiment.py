@@ -161,3 +161,33 @@ def load_checkpoint(path: Path) -> dict:
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RunError(f"{path}: not a loadable checkpoint ({first})") from e
+
+
+# ---------------------------------------------------------------- many runs
+
+
+@dataclass(frozen=True)
+class Task:
+    spec: Spec
+    db: str
+    out_dir: str
+    device: str
+    amp: bool
+    threads: int
+
+
+def run_task(task: Task) -> tuple[str, str]:
+    """Run one spec, skipping it if finished with this code, resuming it if interrupted.
+    Module-level so that worker processes can run it."""
+    from .data import load
+    torch.set_num_threads(task.threads)
+    with Store(task.db) as store:
+        key = (task.spec.step, task.spec.seed, task.spec.protocol, task.spec.recipe.to_dict(),
+               code_hash())
+        if done := store.find_finished(*key):
+            return done.id, "skipped (already finished with this recipe and code)"
+        resume = store.find_resumable(*key)
+        name = f"{task.spec.step} seed {task.spec.seed}"
+        row = execute(task.spec, load(), store, Path(task.out_dir), device=torch.device(task.device),
+                      amp=task.amp, resume=resume, log=lambda s: print(f"[{name}] {s}", flush=True))
+        return row.id, "resumed and finished" if resume else "finished"

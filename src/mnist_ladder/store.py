@@ -53,6 +53,11 @@ def default_db_path() -> Path:
     return Path(os.environ.get("MNIST_LADDER_DB", "runs/ladder.db"))
 
 
+def canonical(d: dict) -> dict:
+    """A recipe as it reads back from the store (tuples become lists): compare these."""
+    return json.loads(json.dumps(d, sort_keys=True))
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -174,6 +179,7 @@ class Store:
 
     def find_finished(self, step: str, seed: int, protocol: str, recipe: dict,
                       code_hash: str) -> RunRow | None:
+        recipe = canonical(recipe)
         for r in self.runs(step):
             if (r.seed, r.protocol, r.recipe, r.code_hash, r.status) == (
                     seed, protocol, recipe, code_hash, "finished"):
@@ -182,6 +188,7 @@ class Store:
 
     def find_resumable(self, step: str, seed: int, protocol: str, recipe: dict,
                        code_hash: str) -> RunRow | None:
+        recipe = canonical(recipe)
         for r in reversed(self.runs(step)):
             if (r.seed, r.protocol, r.recipe, r.code_hash) == (seed, protocol, recipe, code_hash) \
                     and r.effective_status == "interrupted":

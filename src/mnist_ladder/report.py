@@ -1,0 +1,365 @@
+"""REPORT.md and its figures, regenerated from the results store alone.
+
+Every number in the report is computed here from stored epochs; the text around them comes
+from the step definitions (Target, Analysis) and from rules applied to those numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+
+from . import steps
+from .store import RunRow, Store, StoreError, canonical
+from .summary import summary_table
+
+TARGET = 99.4
+LAST = 3  # "held" means: in each of the last 3 epochs
+
+
+@dataclass
+class SeedRun:
+    row: RunRow
+    epochs: list[dict]
+
+    def series(self, key: str) -> list[float]:
+        return [e[key] for e in self.epochs]
+
+    @property
+    def select_key(self) -> str:
+        return "val_acc" if self.row.protocol == "val" else "test_acc"
+
+    @property
+    def best_test(self) -> float:
+        """Seed protocol: the best test epoch. Validation protocol: test at the best val epoch."""
+        best = max(self.epochs, key=lambda e: e[self.select_key])
+        return best["test_acc"]
+
+    @property
+    def final_test(self) -> float:
+        return self.epochs[-1]["test_acc"]
+
+    @property
+    def best_train(self) -> float:
+        return max(self.series("train_acc"))
+
+    @property
+    def first_at_target(self) -> int | None:
+        return next((e["epoch"] for e in self.epochs if e["test_acc"] >= TARGET), None)
+
+    @property
+    def last_held(self) -> int:
+        return sum(e["test_acc"] >= TARGET for e in self.epochs[-LAST:])
+
+
+@dataclass
+class StepResults:
+    step: steps.Step
+    protocol: str
+    runs: list[SeedRun] = field(default_factory=list)
+
+    def stat(self, attr: str) -> tuple[float, float, float]:
+        vals = [getattr(r, attr) for r in self.runs]
+        return statistics.fmean(vals), statistics.pstdev(vals), min(vals)
+
+    @property
+    def seeds_holding(self) -> int:
+        return sum(r.last_held == LAST for r in self.runs)
+
+
+def fmt(mean: float, std: float, n: int) -> str:
+    return f"{mean:.2f}" if n == 1 else f"{mean:.2f} ± {std:.2f}"
+
+
+# ---------------------------------------------------------------- gathering
+
+
+def gather(store: Store, skipped: list[str]) -> dict[tuple[str, str], StepResults]:
+    """Per (step, protocol): the latest finished run of each seed, with the step's own recipe."""
+    out: dict[tuple[str, str], StepResults] = {}
+    latest: dict[tuple[str, str, int], RunRow] = {}
+    for row in store.runs():
+        status = row.effective_status
+        if row.step not in steps.STEPS:
+            skipped.append(f"{row.id}: step {row.step!r} is not defined in this version")
+            continue
+        if status != "finished":
+            skipped.append(f"{row.id}: {status}, not finished")
+            continue
+        if ":" in row.protocol:
+            skipped.append(f"{row.id}: trained on a data subset ({row.protocol})")
+            continue
+        if row.recipe != canonical(steps.get(row.step).recipe.to_dict()):
+            skipped.append(f"{row.id}: recipe differs from {row.step}'s (e.g. --epochs)")
+            continue
+        latest[(row.step, row.protocol, row.seed)] = row  # runs come oldest first
+    for (step, protocol, _seed), row in sorted(latest.items(), key=lambda kv: kv[0][2]):
+        epochs = store.epochs(row.id)
+        if len(epochs) != row.recipe["epochs"]:
+            skipped.append(f"{row.id}: {len(epochs)} of {row.recipe['epochs']} epochs stored")
+            continue
+        res = out.setdefault((step, protocol), StepResults(steps.get(step), protocol))
+        res.runs.append(SeedRun(row, epochs))
+    return out
+
+
+# ---------------------------------------------------------------- figures
+
+
+def plot_curves(res: StepResults, path: Path) -> None:
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    panels = [("train_loss", "Train loss"), ("test_loss", "Test loss"),
+              ("train_acc", "Train accuracy (%)"), ("test_acc", "Test accuracy (%)")]
+    for ax, (key, title) in zip(axes.flat, panels, strict=True):
+        curves = torch.tensor([r.series(key) for r in res.runs])
+        x = range(1, curves.shape[1] + 1)
+        ax.plot(x, curves.mean(0).tolist(), label=f"mean of {len(res.runs)} seed(s)")
+        if len(res.runs) > 1:
+            ax.fill_between(x, curves.min(0).values.tolist(), curves.max(0).values.tolist(), alpha=0.25,
+                            label="min-max over seeds")
+        if key == "test_acc" and res.step.seed:
+            ax.plot(x, res.step.seed.test_curve[: len(x)], "k--", lw=1, label="seed document")
+            ax.axhline(TARGET, color="r", lw=0.8, ls=":")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{res.step.name}: {res.step.title} ({res.protocol} protocol)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def predictions(run: SeedRun, images: torch.Tensor) -> torch.Tensor:
+    from .experiment import WEIGHTS, load_checkpoint
+    from .train import normalize, predict, to_unit
+    sd = load_checkpoint(Path(run.row.run_dir) / WEIGHTS)["state_dict"]
+    model = steps.get(run.row.step).build()
+    model.load_state_dict(sd)
+    return predict(model, normalize(to_unit(images))).argmax(1)
+
+
+def plot_misclassified(pred: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+                       title: str, path: Path, n: int = 40) -> int:
+    wrong = (pred != labels).nonzero().flatten()
+    cols = 10
+    rows = max(1, math.ceil(min(n, len(wrong)) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.3))
+    for ax in axes.flat if hasattr(axes, "flat") else [axes]:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, wrong[:n].tolist(), strict=False):
+        ax.imshow(images[i].numpy(), cmap="gray_r")
+        ax.set_title(f"{pred[i].item()} (true {labels[i].item()})", fontsize=7, color="firebrick")
+    fig.suptitle(f"{title}: {len(wrong)} of {len(labels)} test images misclassified "
+                 f"(first {min(n, len(wrong))}: predicted, true)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return len(wrong)
+
+
+def plot_confusion(pred: torch.Tensor, labels: torch.Tensor, title: str, path: Path) -> None:
+    cm = torch.zeros(10, 10, dtype=torch.long)
+    cm.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
+    off = cm.clone().fill_diagonal_(0)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.imshow(off.numpy(), cmap="Reds")
+    for t in range(10):
+        for p in range(10):
+            ax.text(p, t, str(cm[t, p].item()), ha="center", va="center", fontsize=6,
+                    color="gray" if t == p else "black")
+    ax.set_xticks(range(10))
+    ax.set_yticks(range(10))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{title}: confusion (errors shaded)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_params_vs_accuracy(results: list[StepResults], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for res in results:
+        mean, std, _ = res.stat("final_test")
+        ax.errorbar(res.step.params, mean, yerr=std, fmt="o", capsize=3)
+        ax.annotate(res.step.name, (res.step.params, mean), textcoords="offset points",
+                    xytext=(5, -10), fontsize=8)
+    ax.axhline(TARGET, color="r", lw=0.8, ls=":", label="99.4%")
+    ax.axvline(8000, color="gray", lw=0.8, ls="--", label="8,000 parameters")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("final test accuracy (%), mean ± std over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- text
+
+
+def observations(res: StepResults, prev: StepResults | None) -> list[str]:
+    n = len(res.runs)
+    train, _, _ = res.stat("best_train")
+    best, _, _ = res.stat("best_test")
+    final, final_std, _ = res.stat("final_test")
+    gap = train - best
+    out = []
+    if gap > 0.3:
+        out.append(f"Over-fitting: best train accuracy {train:.2f} is {gap:.2f} points above "
+                   f"best test accuracy {best:.2f}.")
+    elif gap < -0.1:
+        out.append(f"Under-fitting: best train accuracy {train:.2f} is {-gap:.2f} points below "
+                   f"best test accuracy {best:.2f}; the training data is harder than the test data "
+                   "or the regularization strong.")
+    else:
+        out.append(f"Train and test accuracy are close ({train:.2f} vs {best:.2f}): "
+                   "no clear over- or under-fitting.")
+    holding = res.seeds_holding
+    if holding == n:
+        out.append(f"Target met: test accuracy ≥ {TARGET} in each of the last {LAST} epochs "
+                   f"for all {n} seed(s).")
+    elif holding:
+        out.append(f"Target met by {holding} of {n} seeds (≥ {TARGET} in each of the last {LAST} "
+                   "epochs); not reliably held.")
+    else:
+        touched = sum(r.first_at_target is not None for r in res.runs)
+        out.append(f"Target missed: no seed holds {TARGET} over the last {LAST} epochs"
+                   + (f" ({touched} of {n} touched it at least once)." if touched else "."))
+    spread = statistics.fmean(max(r.series("test_acc")[-LAST:]) - min(r.series("test_acc")[-LAST:])
+                              for r in res.runs)
+    out.append(f"Stability: the last {LAST} epochs' test accuracy moves by {spread:.2f} points "
+               f"on average within a seed; the final accuracy varies by ± {final_std:.2f} across "
+               "seeds.")
+    if prev is not None:
+        pf, _, _ = prev.stat("final_test")
+        dp = res.step.params - prev.step.params
+        out.append(f"Versus {prev.step.name}: {dp:+,} parameters, final test accuracy "
+                   f"{final - pf:+.2f} points ({pf:.2f} → {final:.2f}).")
+    return out
+
+
+def step_section(res: StepResults, prev: StepResults | None, figs: Path, rel: str,
+                 mnist_test: tuple[torch.Tensor, torch.Tensor] | None,
+                 skipped: list[str]) -> list[str]:
+    s, n = res.step, len(res.runs)
+    seeds = ", ".join(str(r.row.seed) for r in res.runs)
+    lines = [f"## {s.name}: {s.title}", "", "### Target", ""]
+    lines += [f"- {t}" for t in s.target]
+    best, best_std, best_min = res.stat("best_test")
+    final, final_std, final_min = res.stat("final_test")
+    train, train_std, _ = res.stat("best_train")
+    firsts = [r.first_at_target for r in res.runs]
+    first = ", ".join(str(f) if f else "never" for f in firsts)
+    held = ", ".join(f"{r.last_held}/{LAST}" for r in res.runs)
+    best_label = ("Test accuracy at the best validation epoch" if res.protocol == "val"
+                  else "Best test accuracy")
+    lines += ["", "### Results", "",
+              f"Protocol: **{res.protocol}**; {n} seed(s) ({seeds}); mean ± std over seeds.", "",
+              f"- Parameters: {s.params:,}",
+              f"- Best training accuracy: {fmt(train, train_std, n)}",
+              f"- {best_label}: {fmt(best, best_std, n)} (min {best_min:.2f})",
+              f"- Final test accuracy (epoch {res.runs[0].epochs[-1]['epoch']}): "
+              f"{fmt(final, final_std, n)} (min {final_min:.2f})",
+              f"- First epoch at ≥ {TARGET}, per seed: {first}",
+              f"- Of the last {LAST} epochs at ≥ {TARGET}, per seed: {held}"]
+    if s.seed:
+        lines.append(f"- The seed document's run: best test {max(s.seed.test_curve):.2f}, "
+                     f"final {s.seed.test_curve[-1]:.2f}"
+                     + (f", best train {s.seed.best_train:.2f}" if s.seed.best_train else ""))
+    lines += ["", "### Analysis", ""]
+    lines += [f"- {a}" for a in s.analysis]
+    lines += [f"- {o}" for o in observations(res, prev)]
+    tag = f"{s.name}-{res.protocol}"
+    plot_curves(res, figs / f"{tag}-curves.png")
+    lines += ["", f"![{s.name} curves]({rel}/{tag}-curves.png)"]
+    run = res.runs[0]
+    if mnist_test is None:
+        skipped.append(f"{tag}: misclassified digits and confusion matrix (MNIST not available)")
+    elif not (Path(run.row.run_dir) / "model.pt").is_file():
+        skipped.append(f"{tag}: misclassified digits and confusion matrix "
+                       f"(run folder {run.row.run_dir} is missing its model.pt)")
+    else:
+        images, labels = mnist_test
+        pred = predictions(run, images)
+        title = f"{s.name}, seed {run.row.seed}"
+        wrong = plot_misclassified(pred, images, labels, title, figs / f"{tag}-misclassified.png")
+        plot_confusion(pred, labels, title, figs / f"{tag}-confusion.png")
+        lines += ["", f"Misclassified test digits of seed {run.row.seed}'s final model "
+                      f"({wrong} of {len(labels)}), and its confusion matrix:", "",
+                  f"![{s.name} misclassified]({rel}/{tag}-misclassified.png)", "",
+                  f"![{s.name} confusion]({rel}/{tag}-confusion.png)"]
+    lines += ["", "<details><summary>Layers and receptive field</summary>", "", "```",
+              summary_table(s.build()), "```", "", "</details>", ""]
+    return lines
+
+
+def overview(results: list[StepResults]) -> list[str]:
+    lines = ["| step | protocol | parameters | seeds | best test | final test (min) "
+             f"| seeds holding ≥ {TARGET} (last {LAST}) | seed doc best / final | wall time |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for res in results:
+        n = len(res.runs)
+        best, best_std, _ = res.stat("best_test")
+        final, final_std, final_min = res.stat("final_test")
+        doc = (f"{max(res.step.seed.test_curve):.2f} / {res.step.seed.test_curve[-1]:.2f}"
+               if res.step.seed else "-")
+        wall = statistics.fmean(r.row.wall_seconds or 0 for r in res.runs)
+        lines.append(f"| {res.step.name} | {res.protocol} | {res.step.params:,} | {n} | "
+                     f"{fmt(best, best_std, n)} | {fmt(final, final_std, n)} ({final_min:.2f}) | "
+                     f"{res.seeds_holding}/{n} | {doc} | {wall:.0f} s |")
+    return lines
+
+
+def write_report(db: Path, out: Path, mnist_test: tuple[torch.Tensor, torch.Tensor] | None
+                 ) -> tuple[Path, list[str]]:
+    """Write `out` (REPORT.md) and its figures beside it in `report/`; returns what was skipped."""
+    figs = out.parent / "report"
+    figs.mkdir(parents=True, exist_ok=True)
+    for old in figs.glob("*.png"):
+        old.unlink()
+    skipped: list[str] = []
+    try:
+        with Store(db, create=False) as store:
+            grouped = gather(store, skipped)
+            runs_total = len(store.runs())
+    except (StoreError, sqlite3.Error) as e:
+        skipped.append(f"results store: {e}")
+        grouped, runs_total = {}, 0
+    order = {name: i for i, name in enumerate(steps.STEPS)}
+    results = sorted(grouped.values(), key=lambda r: (order[r.step.name], r.protocol))
+    lines = ["# MNIST ladder: report", "",
+             f"Regenerated by `ladder report` from the results store `{db.name}` "
+             f"({runs_total} runs). Every number below is computed from stored epochs.",
+             "Protocols: **test** is the seed's (train on 60,000, test after every epoch); "
+             "**val** trains on 50,000 and picks the best epoch on the last 10,000 training "
+             "images, reporting test accuracy at that epoch.", ""]
+    if results:
+        lines += [*overview(results), "", "![parameters vs accuracy](report/params-vs-accuracy.png)", ""]
+        plot_params_vs_accuracy([r for r in results if r.protocol == "test"] or results,
+                                figs / "params-vs-accuracy.png")
+    else:
+        lines += ["No finished runs yet: `ladder ladder --seeds 3` runs the whole ladder.", ""]
+    prev_by_protocol: dict[str, StepResults] = {}
+    for res in results:
+        lines += step_section(res, prev_by_protocol.get(res.protocol), figs, "report", mnist_test,
+                              skipped)
+        prev_by_protocol[res.protocol] = res
+    missing = [s for s in steps.STEPS if s not in {r.step.name for r in results}]
+    if missing:
+        lines += ["## Steps without results", "", ", ".join(missing), ""]
+    if skipped:
+        lines += ["## Skipped", ""] + [f"- {s}" for s in skipped] + [""]
+    out.write_text("\n".join(lines))
+    return out, skipped

@@ -1,0 +1,95 @@
+"""The report generator against a small fixed store (golden output).
+
+The store here is hand-made test data for the generator, not results: real results come
+from `ladder ladder`. Set UPDATE_GOLDEN=1 to rewrite the golden file after an intended change.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from mnist_ladder import steps
+from mnist_ladder.report import write_report
+from mnist_ladder.store import RunRow, Store
+
+GOLDEN = Path(__file__).parent / "golden" / "REPORT.md"
+
+
+def curve(start: float, end: float, wobble: float, n: int = 15) -> list[float]:
+    return [round(start + (end - start) * (1 - 0.7 ** i) / (1 - 0.7 ** (n - 1)) +
+                  (wobble * (-1) ** i if i < n - 1 else 0), 2) for i in range(n)]
+
+
+def add_run(store: Store, tmp: Path, run_id: str, step: str, seed: int, final: float,
+            status: str = "finished", protocol: str = "test", weights: bool = True) -> None:
+    s = steps.get(step)
+    run_dir = tmp / "runs" / run_id
+    run_dir.mkdir(parents=True)
+    if weights:
+        torch.manual_seed(seed)
+        torch.save({"step": step, "state_dict": s.build().state_dict()}, run_dir / "model.pt")
+    store.add_run(RunRow(run_id, step, seed, protocol, s.recipe.to_dict(), s.params, "c0de",
+                         "abc123", 0, "2.13.0", "cpu", 1, str(run_dir), "host", 1,
+                         "2026-01-01T00:00:00", "2026-01-01T00:02:00", status, 120.0 + seed))
+    test = curve(96.0, final, 0.03 * seed)
+    train = curve(90.0, final - 1.0, 0.02)
+    for e in range(15 if status == "finished" else 5):
+        store.add_epoch(run_id, {"epoch": e + 1, "lr": 0.01, "train_loss": 0.3 / (e + 1),
+                                 "train_acc": train[e], "test_loss": 0.1 / (e + 1),
+                                 "test_acc": test[e], "val_loss": None, "val_acc": None,
+                                 "seconds": 8.0})
+
+
+def make_store(tmp: Path) -> Path:
+    db = tmp / "runs" / "ladder.db"
+    with Store(db) as store:
+        add_run(store, tmp, "step4-s1", "step4", 1, 99.10, weights=False)  # folder lost its model
+        add_run(store, tmp, "step4-s2", "step4", 2, 99.20)
+        add_run(store, tmp, "step6-s1", "step6", 1, 99.50)
+        add_run(store, tmp, "step6-s2", "step6", 2, 99.42)
+        add_run(store, tmp, "step6-s3", "step6", 3, 99.30)
+        add_run(store, tmp, "step6-s4-cut", "step6", 4, 99.0, status="interrupted")
+        add_run(store, tmp, "step6-small", "step6", 9, 97.0, protocol="test:train=2000,eval=all")
+    return db
+
+
+def test_report_matches_golden_and_every_image_exists(tmp_path: Path, mnist) -> None:
+    db = make_store(tmp_path)
+    out, skipped = write_report(db, tmp_path / "REPORT.md", (mnist.test_images[:500],
+                                                               mnist.test_labels[:500]))
+    text = out.read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(images) == 1 + 3 + 1  # overview; step6 curves/misclassified/confusion; step4 curves
+    for rel in images:
+        assert (tmp_path / rel).is_file() and (tmp_path / rel).stat().st_size > 1000, rel
+    normalized = text.replace(str(tmp_path), "<tmp>")
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.write_text(normalized)
+    assert normalized == GOLDEN.read_text()
+    assert any("step6-s4-cut" in s and "interrupted" in s for s in skipped)
+    assert any("step6-small" in s and "subset" in s for s in skipped)
+    assert any("model.pt" in s for s in skipped)
+
+
+def test_report_numbers_are_the_stores(tmp_path: Path) -> None:
+    db = make_store(tmp_path)
+    text = write_report(db, tmp_path / "REPORT.md", None)[0].read_text()
+    finals = [99.50, 99.42, 99.30]
+    mean = sum(finals) / 3
+    std = (sum((f - mean) ** 2 for f in finals) / 3) ** 0.5
+    assert f"{mean:.2f} ± {std:.2f} (99.30)" in text  # step6 final test, mean ± std (min)
+    assert "| step6 | test | 6,720 | 3 |" in text
+    assert "| 1/3 |" in text  # seeds holding 99.4 over the last 3 epochs (one, by construction)
+
+
+def test_missing_or_broken_store_still_renders(tmp_path: Path) -> None:
+    text = write_report(tmp_path / "nope.db", tmp_path / "REPORT.md", None)[0].read_text()
+    assert "no results store" in text and "step6" in text
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not a database" * 100)
+    text = write_report(bad, tmp_path / "REPORT2.md", None)[0].read_text()
+    assert "## Skipped" in text and "results store" in text
