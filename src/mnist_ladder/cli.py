@@ -12,6 +12,7 @@ import torch
 from . import data, steps
 from .experiment import RunError, execute, make_spec
 from .models import count_parameters
+from .predict import PredictError
 from .steps import UnknownStep
 from .store import Store, StoreError, default_db_path
 from .summary import summary_table
@@ -169,6 +170,45 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(a: argparse.Namespace) -> int:
+    import json
+
+    from .predict import expand, load_model, predict_files, resolve_run, save_seen
+    model, step_name = load_model(resolve_run(a.run, a.db))
+    files, notes = expand(a.images)
+    preds, problems = predict_files(model, files)
+    if a.json:
+        print(json.dumps({"model": step_name, "predictions": [p.to_dict() for p in preds],
+                          "skipped": notes, "errors": problems}, indent=1))
+    else:
+        for p in preds:
+            probs = " ".join(f"{d}:{q:.3f}" for d, q in enumerate(p.probabilities))
+            print(f"{p.path}: {p.digit}  (p={max(p.probabilities):.3f})  [{probs}]")
+        for n in notes:
+            print(n, file=sys.stderr)
+    for e in problems:
+        print(f"ladder: error: {e}", file=sys.stderr)
+    if a.show:
+        for p in preds:
+            print(f"model input for {p.path} -> {save_seen(p, a.show)}", file=sys.stderr)
+    if not preds and not problems:
+        print("ladder: error: no images given", file=sys.stderr)
+        return 2
+    return 1 if problems else 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from .export import export
+    from .predict import load_model, resolve_run
+    weights = resolve_run(a.run, a.db)
+    model, step_name = load_model(weights)
+    suffix = ".onnx" if a.format == "onnx" else ".pt"
+    out = a.out or weights.with_name(f"{step_name}{suffix}")
+    export(model, a.format, out)
+    print(f"wrote {out} ({a.format}: input 'images' [N, 1, 28, 28] in [0, 1], output logits [N, 10])")
+    return 0
+
+
 def cmd_runs(a: argparse.Namespace) -> int:
     with Store(a.db, create=False) as store:
         rows = store.runs(a.step)
@@ -255,6 +295,18 @@ def build_parser() -> Parser:
     s = sub.add_parser("report", parents=[common, report_opts],
                        help="write REPORT.md and report/*.png from the results store")
     s.set_defaults(func=cmd_report)
+    s = sub.add_parser("predict", parents=[common], help="predict digits in your own images")
+    s.add_argument("run", help="a run id, a run folder, a model.pt, or 'best'")
+    s.add_argument("images", type=Path, nargs="+", help="image files or folders")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--show", type=Path, metavar="DIR",
+                   help="write the 28x28 image the model saw, per input, into DIR")
+    s.set_defaults(func=cmd_predict)
+    s = sub.add_parser("export", parents=[common], help="export a trained model")
+    s.add_argument("run", help="a run id, a run folder, a model.pt, or 'best'")
+    s.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    s.add_argument("--out", type=Path, help="output file (default: beside the weights)")
+    s.set_defaults(func=cmd_export)
     s = sub.add_parser("runs", parents=[common], help="list the runs in the store")
     s.add_argument("--step")
     s.set_defaults(func=cmd_runs)
@@ -271,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.command == "run" and not (a.step or a.resume):
             parser.error("run needs a STEP (or --resume RUN)")
         return a.func(a)
-    except (UnknownStep, ConfigError, data.DataError, StoreError, RunError) as e:
+    except (UnknownStep, ConfigError, data.DataError, StoreError, RunError, PredictError) as e:
         print(f"ladder: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,216 @@
+"""Use a trained model on your own digit images.
+
+MNIST-style preprocessing, as the data set itself was made: grayscale; invert when the
+background is light; stretch so background is 0 and ink is 1; crop to the digit's bounding
+box; fit into 20x20 keeping the aspect ratio; place in 28x28 so that the centre of mass sits
+at the centre.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import nn
+
+from . import steps
+from .data import MEAN, STD
+from .experiment import WEIGHTS, load_checkpoint
+from .store import Store, StoreError
+
+MAX_PIXELS = 40_000_000  # refused before decoding: a 20,000 x 20,000 image is 400M pixels
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own bomb check, at the same limit
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm"}
+
+
+class PredictError(ValueError):
+    """A bad image or model: one line for the user."""
+
+
+# ---------------------------------------------------------------- the model
+
+
+def resolve_run(run: str, db: Path | None = None) -> Path:
+    """A run id, a run folder, a weights file, or `best` -> the weights file."""
+    p = Path(run)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        if (p / WEIGHTS).is_file():
+            return p / WEIGHTS
+        raise PredictError(f"{p}: no {WEIGHTS} in this folder (did the run finish?)")
+    try:
+        with Store(db, create=False) as store:
+            if run == "best":
+                best = None
+                for r in store.runs("step6", status="finished"):
+                    if r.protocol != "test" or not (Path(r.run_dir) / WEIGHTS).is_file():
+                        continue
+                    final = store.epochs(r.id)[-1]["test_acc"]
+                    if best is None or final > best[0]:
+                        best = (final, r)
+                if best is None:
+                    raise PredictError("no finished step6 run with weights in the store; "
+                                       "train one with `ladder run step6`")
+                return Path(best[1].run_dir) / WEIGHTS
+            row = store.run(run)
+    except StoreError as e:
+        raise PredictError(f"{run!r} is not a file, a run folder or a run id ({e})") from e
+    weights = Path(row.run_dir) / WEIGHTS
+    if not weights.is_file():
+        raise PredictError(f"run {row.id} has no weights at {weights} "
+                           f"(status {row.effective_status})")
+    return weights
+
+
+def load_model(weights: Path) -> tuple[nn.Module, str]:
+    ckpt = load_checkpoint(weights)
+    step_name = ckpt.get("step") if isinstance(ckpt, dict) else None
+    if step_name not in steps.STEPS or "state_dict" not in ckpt:
+        raise PredictError(f"{weights}: not a mnist-ladder model file")
+    model = steps.get(step_name).build()
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise PredictError(f"{weights}: weights do not match {step_name}'s architecture "
+                           f"({str(e).splitlines()[0]})") from e
+    return model.eval(), step_name
+
+
+class WithNormalization(nn.Module):
+    """Takes images in [0, 1], as a user has them; the seed's normalization is inside."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - MEAN) / STD)
+
+
+# ---------------------------------------------------------------- images
+
+
+def open_image(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise PredictError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise PredictError(f"{path}: empty file")
+    try:
+        img = Image.open(path)  # reads the header only
+    except UnidentifiedImageError:
+        raise PredictError(f"{path}: not an image (or a format Pillow cannot read)") from None
+    except Image.DecompressionBombError:
+        raise PredictError(f"{path}: over the {MAX_PIXELS:,}-pixel limit; "
+                           "crop or shrink it first") from None
+    except OSError as e:
+        raise PredictError(f"{path}: cannot open ({e})") from None
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise PredictError(f"{path}: {w}x{h} is over the {MAX_PIXELS:,}-pixel limit; "
+                           "crop or shrink it first")
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise PredictError(f"{path}: damaged or truncated image ({e})") from None
+    return img
+
+
+def to_gray(img: Image.Image) -> np.ndarray:
+    """float [H, W] in [0, 1]; transparent pixels count as white paper."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(paper, rgba)
+    return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+
+
+def mnist_style(gray: np.ndarray) -> np.ndarray:
+    """float [H, W] in [0, 1] -> float [28, 28] in [0, 1], white digit on black, MNIST-framed."""
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if np.median(border) > 0.5:  # light background: dark ink on paper
+        gray = 1.0 - gray
+        border = 1.0 - border
+    background = float(np.median(border))
+    ink = float(np.percentile(gray, 99.5))
+    if ink - background < 0.15:
+        raise PredictError("no digit found (the image is blank or has too little contrast)")
+    x = np.clip((gray - background) / (ink - background), 0.0, 1.0)
+    ys, xs = np.nonzero(x > 0.25)
+    if len(ys) == 0:
+        raise PredictError("no digit found")
+    x = x[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1]
+    h, w = x.shape
+    scale = 20.0 / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    small = Image.fromarray((x * 255).astype(np.uint8)).resize((nw, nh), Image.Resampling.LANCZOS)
+    x = np.asarray(small, dtype=np.float32) / 255.0
+    total = x.sum()
+    cy, cx = ((np.arange(nh)[:, None] * x).sum() / total, (np.arange(nw)[None, :] * x).sum() / total)
+    top = int(np.clip(round(14 - cy - 0.5), 0, 28 - nh))
+    left = int(np.clip(round(14 - cx - 0.5), 0, 28 - nw))
+    out = np.zeros((28, 28), dtype=np.float32)
+    out[top: top + nh, left: left + nw] = x
+    return out
+
+
+@dataclass
+class Prediction:
+    path: str
+    digit: int
+    probabilities: list[float]
+    seen: np.ndarray  # the 28x28 image the model saw
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "digit": self.digit,
+                "probabilities": [round(p, 6) for p in self.probabilities]}
+
+
+@torch.inference_mode()
+def predict_arrays(model: nn.Module, images: list[np.ndarray]) -> torch.Tensor:
+    x = torch.from_numpy(np.stack(images))[:, None]
+    return torch.softmax(WithNormalization(model).eval()(x), dim=1)
+
+
+def predict_files(model: nn.Module, paths: list[Path]) -> tuple[list[Prediction], list[str]]:
+    """Predicts what it can; returns (predictions, one-line problems)."""
+    seen, good, problems = [], [], []
+    for p in paths:
+        try:
+            seen.append(mnist_style(to_gray(open_image(p))))
+            good.append(p)
+        except PredictError as e:
+            msg = str(e)
+            problems.append(msg if msg.startswith(str(p)) else f"{p}: {msg}")
+    if not good:
+        return [], problems
+    probs = predict_arrays(model, seen)
+    return [Prediction(str(p), int(pr.argmax()), pr.tolist(), s)
+            for p, pr, s in zip(good, probs, seen, strict=True)], problems
+
+
+def expand(inputs: list[Path]) -> tuple[list[Path], list[str]]:
+    """Files as given; folders -> their image files (others reported, not failed)."""
+    files, notes = [], []
+    for p in inputs:
+        if p.is_dir():
+            for child in sorted(p.iterdir()):
+                if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES:
+                    files.append(child)
+                elif child.is_file():
+                    notes.append(f"{child}: skipped, not an image file")
+        else:
+            files.append(p)
+    return files, notes
+
+
+def save_seen(pred: Prediction, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{Path(pred.path).stem}-seen.png"
+    Image.fromarray((pred.seen * 255).astype(np.uint8)).resize((112, 112), Image.Resampling.NEAREST
+                                                                ).save(out)
+    return out
