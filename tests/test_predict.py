@@ -143,7 +143,7 @@ def test_run_can_be_named_by_id_folder_file_or_best(trained_step6) -> None:
 
 
 def test_mismatched_architecture_is_one_line(trained_step6, tmp_path: Path) -> None:
-    db, row = trained_step6
+    _db, row = trained_step6
     sd = torch.load(Path(row.run_dir) / "model.pt", weights_only=True)
     sd["step"] = "step4"
     torch.save(sd, tmp_path / "model.pt")
@@ -154,7 +154,7 @@ def test_mismatched_architecture_is_one_line(trained_step6, tmp_path: Path) -> N
 def test_onnx_export_matches_pytorch_on_the_whole_test_set(trained_step6, mnist,
                                                            tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
-    db, row = trained_step6
+    _db, row = trained_step6
     model, _ = predict.load_model(Path(row.run_dir) / "model.pt")
     path = export(model, "onnx", tmp_path / "m.onnx")
     x = train.to_unit(mnist.test_images)
@@ -170,7 +170,7 @@ def test_onnx_export_matches_pytorch_on_the_whole_test_set(trained_step6, mnist,
 
 
 def test_torchscript_export_matches_pytorch(trained_step6, mnist, tmp_path: Path) -> None:
-    db, row = trained_step6
+    _db, row = trained_step6
     model, _ = predict.load_model(Path(row.run_dir) / "model.pt")
     path = export(model, "torchscript", tmp_path / "m.pt")
     x = train.to_unit(mnist.test_images[:500])
