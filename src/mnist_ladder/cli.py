@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from .predict import PredictError
 from .steps import UnknownStep
 from .store import Store, StoreError, default_db_path
 from .summary import summary_table
+from .sweep import SweepError
 from .train import ConfigError, pick_amp, pick_device
 
 
@@ -86,9 +88,22 @@ def cmd_run(a: argparse.Namespace) -> int:
                 raise RunError(f"run {resume.id} already finished")
             if resume.effective_status == "running":
                 raise RunError(f"run {resume.id} is still running (pid {resume.pid})")
-            from .experiment import Spec, load_checkpoint
+            from .experiment import Spec, load_checkpoint, resolve_step
             spec = Spec.from_dict(load_checkpoint(Path(resume.run_dir) / "checkpoint.pt")["spec"])
-            step = steps.get(spec.step)
+            step = resolve_step(spec)
+        elif a.from_trial:
+            from . import sweep
+            from .experiment import Spec, resolve_step
+            name, _, number = a.from_trial.rpartition(":")
+            if not name or not number.isdigit():
+                raise sweep.SweepError(f"--from-trial {a.from_trial!r}: use STUDY:TRIAL_NUMBER")
+            url = a.storage or sweep.default_storage(Path(a.db or default_db_path()))
+            arch, recipe, _ = sweep.trial_config(name, int(number), url)
+            recipe = dataclasses.replace(recipe, epochs=a.epochs or recipe.epochs,
+                                         batch_size=a.batch_size or recipe.batch_size)
+            spec = Spec(f"trial-{name}-{number}", a.seed, recipe, a.val, a.train_limit,
+                        a.eval_limit, arch)
+            step = resolve_step(spec)
         else:
             step = steps.get(a.step)
             spec = make_spec(step, a.seed, epochs=a.epochs, batch_size=a.batch_size, val=a.val,
@@ -209,6 +224,32 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from . import sweep
+    url = a.storage or sweep.default_storage(Path(a.db or default_db_path()))
+    if a.what:
+        if a.what[0] != "report" or len(a.what) != 2:
+            raise sweep.SweepError("use `ladder sweep --study NAME ...` or `ladder sweep report NAME`")
+        print(sweep.report(a.what[1], url, a.out))
+        print(f"(also in {a.out / f'sweep-{a.what[1]}.md'})")
+        return 0
+    if not a.study:
+        raise sweep.SweepError("--study NAME is required")
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    cfg = sweep.SweepConfig(a.study, url, a.trials, a.epochs, a.budget, a.multi_objective,
+                            sweep.parse_fixed(a.fix), a.train_limit, a.eval_limit,
+                            heartbeat=a.heartbeat)
+    device, amp = _device_and_amp(a)
+    study = sweep.run_sweep(cfg, lambda: data.load(a.data_dir, a.idx_dir), device, amp)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    print(f"study {a.study}: {len(study.trials)} trials, {len(done)} complete"
+          + (f"; best value {study.best_value:.2f}% (trial {study.best_trial.number}, "
+             f"{study.best_trial.user_attrs['params']} params)"
+             if done and not a.multi_objective else ""))
+    return 0
+
+
 def cmd_runs(a: argparse.Namespace) -> int:
     with Store(a.db, create=False) as store:
         rows = store.runs(a.step)
@@ -274,6 +315,9 @@ def build_parser() -> Parser:
     s.add_argument("--seed", type=seed_int, default=1)
     s.add_argument("--batch-size", type=positive_int)
     s.add_argument("--resume", metavar="RUN", help="continue an interrupted run")
+    s.add_argument("--from-trial", metavar="STUDY:N",
+                   help="re-train a sweep trial's configuration (15 epochs, test protocol)")
+    s.add_argument("--storage", help="the sweep storage URL, for --from-trial")
     s.add_argument("--train-limit", type=positive_int, metavar="N",
                    help="train on the first N images only (quick checks)")
     s.add_argument("--eval-limit", type=positive_int, metavar="N",
@@ -307,6 +351,24 @@ def build_parser() -> Parser:
     s.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     s.add_argument("--out", type=Path, help="output file (default: beside the weights)")
     s.set_defaults(func=cmd_export)
+    s = sub.add_parser("sweep", parents=[common, train_opts],
+                       help="Optuna search under a parameter budget; `sweep report NAME`")
+    s.add_argument("what", nargs="*", help="`report NAME` for a study's report")
+    s.add_argument("--study", help="study name (workers with the same name share it)")
+    s.add_argument("--trials", type=positive_int, default=30, help="finished trials to reach")
+    s.add_argument("--epochs", type=positive_int, default=3, help="epochs per trial")
+    s.add_argument("--budget", type=positive_int, default=8000, help="maximum parameters")
+    s.add_argument("--storage", help="Optuna storage URL (default: sqlite file beside the store; "
+                   "postgresql://user:pass@host/db to share across machines)")
+    s.add_argument("--multi-objective", action="store_true",
+                   help="search parameters vs accuracy; keep the Pareto front")
+    s.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
+                   help="pin a search-space parameter (repeatable)")
+    s.add_argument("--heartbeat", type=positive_int, default=10, metavar="S",
+                   help="seconds between worker heartbeats; a trial silent for 3 is retried")
+    s.add_argument("--train-limit", type=positive_int, metavar="N")
+    s.add_argument("--eval-limit", type=positive_int, metavar="N")
+    s.set_defaults(func=cmd_sweep)
     s = sub.add_parser("runs", parents=[common], help="list the runs in the store")
     s.add_argument("--step")
     s.set_defaults(func=cmd_runs)
@@ -320,10 +382,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         a = parser.parse_args(argv)
-        if a.command == "run" and not (a.step or a.resume):
-            parser.error("run needs a STEP (or --resume RUN)")
+        if a.command == "run" and not (a.step or a.resume or a.from_trial):
+            parser.error("run needs a STEP (or --resume RUN, or --from-trial STUDY:N)")
         return a.func(a)
-    except (UnknownStep, ConfigError, data.DataError, StoreError, RunError, PredictError) as e:
+    except (UnknownStep, ConfigError, data.DataError, StoreError, RunError, PredictError,
+            SweepError) as e:
         print(f"ladder: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -62,6 +62,7 @@ class Spec:
     val: bool = False  # the validation protocol
     train_limit: int | None = None  # small subsets, for tests
     eval_limit: int | None = None
+    arch: dict | None = None  # a searched architecture (see family.py) instead of a ladder step
 
     @property
     def protocol(self) -> str:
@@ -89,6 +90,13 @@ def make_spec(step: Step, seed: int, *, epochs: int | None = None, batch_size: i
     return Spec(step.name, seed, recipe, val, train_limit, eval_limit)
 
 
+def resolve_step(spec: Spec) -> Step:
+    if spec.arch is None:
+        return steps.get(spec.step)
+    from .family import as_step
+    return as_step(spec.step, spec.arch, spec.recipe)
+
+
 def new_run_id(spec: Spec) -> str:
     return f"{spec.step}-s{spec.seed}-{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
@@ -103,7 +111,7 @@ def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: to
             amp: bool, resume: RunRow | None = None,
             log: Callable[[str], None] = print) -> RunRow:
     """Train `spec` (or continue the interrupted run `resume`), recording as it goes."""
-    step = steps.get(spec.step)
+    step = resolve_step(spec)
     data = prepare(mnist, device, val=spec.val, train_limit=spec.train_limit,
                    eval_limit=spec.eval_limit)
     state = new_state(step, spec.recipe, data, spec.seed, device)
@@ -146,7 +154,7 @@ def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: to
         store.set_status(run_id, "failed", prior_seconds + time.perf_counter() - t0,
                          note=f"{type(e).__name__}: {e}")
         raise
-    save_atomic({"step": spec.step, "params": count_parameters(state.model),
+    save_atomic({"step": spec.step, "arch": spec.arch, "params": count_parameters(state.model),
                  "state_dict": state.model.state_dict()}, run_dir / WEIGHTS)
     store.set_status(run_id, "finished", prior_seconds + time.perf_counter() - t0)
     return store.run(run_id)

@@ -69,9 +69,14 @@ def resolve_run(run: str, db: Path | None = None) -> Path:
 def load_model(weights: Path) -> tuple[nn.Module, str]:
     ckpt = load_checkpoint(weights)
     step_name = ckpt.get("step") if isinstance(ckpt, dict) else None
-    if step_name not in steps.STEPS or "state_dict" not in ckpt:
+    arch = ckpt.get("arch") if isinstance(ckpt, dict) else None
+    if (step_name not in steps.STEPS and not arch) or "state_dict" not in ckpt:
         raise PredictError(f"{weights}: not a mnist-ladder model file")
-    model = steps.get(step_name).build()
+    if arch:
+        from .family import build
+        model = build(arch)
+    else:
+        model = steps.get(step_name).build()
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

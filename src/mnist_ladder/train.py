@@ -82,11 +82,13 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def prepare(mnist: MNIST, device: torch.device, *, val: bool = False,
-            train_limit: int | None = None, eval_limit: int | None = None) -> DeviceData:
+            train_limit: int | None = None, eval_limit: int | None = None,
+            test: bool = True) -> DeviceData:
     """Seed protocol: train on 60,000, evaluate on test. Validation protocol (`val`): train on
-    the first 50,000, evaluate on the last 10,000 training images and on test."""
+    the first 50,000, evaluate on the last 10,000 training images (and on test unless `test`
+    is False: a search must never see it)."""
     train_x, train_y = mnist.train_images, mnist.train_labels
-    eval_sets = {"test": (mnist.test_images, mnist.test_labels)}
+    eval_sets = {"test": (mnist.test_images, mnist.test_labels)} if test else {}
     if val:
         eval_sets["val"] = (train_x[-VAL_SIZE:], train_y[-VAL_SIZE:])
         train_x, train_y = train_x[:-VAL_SIZE], train_y[:-VAL_SIZE]
@@ -133,8 +135,8 @@ class EpochResult:
     lr: float
     train_loss: float
     train_acc: float
-    test_loss: float
-    test_acc: float
+    test_loss: float | None
+    test_acc: float | None
     seconds: float
     val_loss: float | None = None
     val_acc: float | None = None
@@ -279,7 +281,7 @@ def fit(step: Step, data: DeviceData, recipe: Recipe, *, seed: int = 1, amp: boo
             state.scheduler.step()
         scores = {name: test(state.model, x, y, amp) for name, (x, y) in data.eval_sets.items()}
         val = scores.get("val", (None, None))
-        result = EpochResult(epoch, lr, train_loss, train_acc, *scores["test"],
+        result = EpochResult(epoch, lr, train_loss, train_acc, *scores.get("test", (None, None)),
                              seconds=time.perf_counter() - t0, val_loss=val[0], val_acc=val[1])
         state.history.append(result)
         if on_epoch:

@@ -1,0 +1,161 @@
+"""The sweep against real storages: a throw-away PostgreSQL cluster on a loopback port, and
+the SQLite default. Workers are separate processes, as on separate machines."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from mnist_ladder import sweep
+
+TINY = ["--epochs", "2", "--train-limit", "1000", "--eval-limit", "500", "--heartbeat", "1"]
+
+
+def pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(candidates[-1]) if candidates else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    if not pg_bin("initdb"):
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed: .ci/run installs it")
+        pytest.skip("PostgreSQL server binaries not installed")
+    root = Path(tempfile.mkdtemp(prefix="ladder-pg-"))
+    root.chmod(0o755)
+    data, sock = root / "data", root / "sock"
+    data.mkdir()
+    sock.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(data, "postgres")
+        shutil.chown(sock, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+
+    def run(*cmd: str) -> None:
+        subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)
+
+    run(pg_bin("initdb"), "-D", str(data), "-U", "ladder", "--auth=trust")
+    run(pg_bin("pg_ctl"), "-D", str(data), "-w", "-l", str(root / "sock" / "log"), "-o",
+        f"-p {port} -k {sock} -c listen_addresses=127.0.0.1", "start")
+    try:
+        run(pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "ladder", "sweeps")
+        yield f"postgresql+psycopg2://ladder@127.0.0.1:{port}/sweeps"
+    finally:
+        run(pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def storage_url(request, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'sweeps.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def worker(study: str, url: str, trials: int, cwd: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mnist_ladder", "sweep", "--study", study, "--trials", str(trials),
+         "--storage", url, *TINY, *extra], cwd=cwd, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return [t for t in study.trials if t.state in done]
+
+
+def test_two_workers_share_one_study(storage_url: str, tmp_path: Path, mnist) -> None:
+    name = f"two-{time.time_ns()}"
+    procs = [worker(name, storage_url, 6, tmp_path) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    study = sweep.load_study(name, storage_url)
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert optuna.trial.TrialState.FAIL not in states
+    assert 6 <= len(finished(study)) <= 7  # both may start the last one at once
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete and all(0.0 < t.value <= 100.0 for t in complete)  # val accuracy, %
+    workers = {t.user_attrs["worker"] for t in study.trials if "worker" in t.user_attrs}
+    assert len(workers) == 2  # both processes took trials
+    params = [tuple(sorted(t.params.items())) for t in complete]
+    assert len(params) == len(set(params))  # no trial ran twice
+
+
+def test_killed_worker_trial_is_retried_not_lost(storage_url: str, tmp_path: Path, mnist) -> None:
+    name = f"kill-{time.time_ns()}"
+    same_command = ["--fix", "n_convs2=4", "--fix", "batch_size=64", "--budget", "100000"]
+    victim = worker(name, storage_url, 3, tmp_path, *same_command)
+    study = None
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            study = sweep.load_study(name, storage_url)
+            running = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING
+                       and t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]
+            if running:
+                break
+        except sweep.SweepError:
+            pass
+        time.sleep(0.2)
+    else:
+        pytest.fail("the first worker never started a trial")
+    killed = running[0].number
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    time.sleep(4)  # past the grace period of 3 heartbeats
+    rescuer = worker(name, storage_url, 3, tmp_path, *same_command)
+    out = rescuer.communicate(timeout=600)[0]
+    assert rescuer.returncode == 0, out
+    study = sweep.load_study(name, storage_url)
+    by_number = {t.number: t for t in study.trials}
+    assert by_number[killed].state == optuna.trial.TrialState.FAIL
+    retries = [t for t in study.trials
+               if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed]
+    assert len(retries) == 1 and retries[0].state == optuna.trial.TrialState.COMPLETE
+    assert retries[0].params == by_number[killed].params
+    assert optuna.trial.TrialState.RUNNING not in [t.state for t in study.trials]
+    assert len(finished(study)) == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--study", "x", "--storage", "postgresql+psycopg2://nobody@127.0.0.1:1/none"], "cannot use storage"),
+    (["--study", "x", "--storage", "nosuchdb://here"], "cannot use storage"),
+    (["--study", "x", "--budget", "50"], "no configuration meets the budget"),
+    (["--study", "x", "--fix", "c9=3"], "use NAME=VALUE"),
+    (["--study", "x", "--fix", "c1=999"], "lies in"),
+    (["report", "nope"], "no study 'nope'"),
+])
+def test_bad_sweep_input_is_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "mnist_ladder", "sweep", *args,
+                        "--db", str(tmp_path / "l.db")], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_pareto_front() -> None:
+    assert sweep.pareto_front([(5, 90.0), (3, 80.0), (4, 85.0), (6, 89.0), (7, 95.0)]) == [
+        (3, 80.0), (4, 85.0), (5, 90.0), (7, 95.0)]
