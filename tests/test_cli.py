@@ -112,3 +112,36 @@ def test_sigkill_mid_run_resumes_without_duplicated_epochs(tmp_path: Path, mnist
     assert con.execute("SELECT status FROM runs").fetchone()[0] == "finished"
     again = ladder("run", "--resume", run_id, cwd=tmp_path)
     assert again.returncode == 2 and "already finished" in again.stderr
+
+
+def test_ladder_runs_steps_by_seeds_in_parallel_and_skips_finished(tmp_path: Path, mnist) -> None:
+    args = ["ladder", "--steps", "step2,step6", "--seeds", "1,2", "--jobs", "2", "--epochs", "1",
+            "--train-limit", "1000", "--eval-limit", "500"]
+    first = ladder(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count(": finished") == 4
+    assert (tmp_path / "REPORT.md").is_file()  # the subset runs are listed as skipped there
+    assert "trained on a data subset" in (tmp_path / "REPORT.md").read_text()
+    again = ladder(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("skipped (already finished") == 4
+    db = sqlite3.connect(tmp_path / "runs" / "ladder.db")
+    assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 4
+    assert {s for (s,) in db.execute("SELECT seed FROM runs")} == {1, 2}
+
+
+def test_killed_ladder_continues_where_it_stopped(tmp_path: Path, mnist) -> None:
+    args = ["ladder", "--steps", "step6", "--seeds", "1", "--epochs", "4", "--train-limit", "4000",
+            "--eval-limit", "500", "--no-report"]
+    proc = subprocess.Popen([sys.executable, "-m", "mnist_ladder", *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    db = tmp_path / "runs" / "ladder.db"
+    wait_for_epochs(db, 2, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    again = ladder(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "resumed and finished" in again.stdout
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
+    assert [e for (e,) in con.execute("SELECT epoch FROM epochs ORDER BY epoch")] == [1, 2, 3, 4]

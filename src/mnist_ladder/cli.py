@@ -152,8 +152,10 @@ def cmd_ladder(a: argparse.Namespace) -> int:
     db = str(a.db or default_db_path())
     Store(db).close()
     threads = max(1, (os.cpu_count() or 1) // a.jobs) if device.type == "cpu" else 1
-    tasks = [Task(make_spec(steps.get(name), seed, val=a.val), db, str(a.out), str(device), amp,
-                  threads) for seed in a.seeds for name in a.steps]
+    tasks = [Task(make_spec(steps.get(name), seed, val=a.val, epochs=a.epochs,
+                            train_limit=a.train_limit, eval_limit=a.eval_limit),
+                  db, str(a.out), str(device), amp, threads)
+             for seed in a.seeds for name in a.steps]
     print(f"{len(tasks)} runs: steps {', '.join(a.steps)} x seeds {a.seeds}; {a.jobs} job(s)")
     if a.jobs == 1:
         for t in tasks:
@@ -335,6 +337,11 @@ def build_parser() -> Parser:
     s.add_argument("--jobs", type=positive_int, default=1,
                    help="parallel processes, each with its share of the CPU threads")
     s.add_argument("--no-report", dest="report", action="store_false")
+    s.add_argument("--epochs", type=positive_int,
+                   help="override every step's epochs (quick checks; the report keeps to the "
+                        "steps' own recipes)")
+    s.add_argument("--train-limit", type=positive_int, metavar="N", help="quick checks only")
+    s.add_argument("--eval-limit", type=positive_int, metavar="N", help="quick checks only")
     s.set_defaults(func=cmd_ladder)
     s = sub.add_parser("report", parents=[common, report_opts],
                        help="write REPORT.md and report/*.png from the results store")
