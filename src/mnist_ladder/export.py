@@ -16,8 +16,9 @@ def export(model: nn.Module, fmt: str, out: Path) -> Path:
     wrapped = WithNormalization(model).eval()
     example = torch.rand(2, 1, 28, 28)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "torchscript":
-        with torch.inference_mode():
+    if fmt == "torchscript":  # deprecated by torch in favour of torch.export; still asked for
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
             torch.jit.trace(wrapped, example).save(str(out))
     elif fmt == "onnx":
         with warnings.catch_warnings():
