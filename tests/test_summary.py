@@ -31,3 +31,13 @@ def test_strided_and_dilated_layers() -> None:
 def test_table_lists_shapes_params_and_total() -> None:
     table = summary_table(steps.get("step6").build())
     assert "16x24x24" in table and "2,592" in table and "total parameters: 6,720" in table
+
+
+def test_searched_architectures_with_adaptive_gap() -> None:
+    from mnist_ladder.family import build
+    arch = {"convs1": [8, 16], "transition": 8, "convs2": [10, 16, 18], "head": 16, "dropout": 0.03}
+    rows = layer_rows(build(arch))
+    gap = next(r for r in rows if r.name == "AdaptiveAvgPool2d")
+    assert (gap.rf, gap.output) == (28, (18, 1, 1))  # 18 before GAP, as Step 6
+    assert [r.rf for r in rows if r.name == "Conv2d"][:6] == [3, 5, 6, 10, 14, 18]
+    assert sum(r.params for r in rows) == 6_720  # Step 6's shape, as data

@@ -90,7 +90,9 @@ def gather(store: Store, skipped: list[str]) -> dict[tuple[str, str], StepResult
     for row in store.runs():
         status = row.effective_status
         if row.step not in steps.STEPS:
-            skipped.append(f"{row.id}: step {row.step!r} is not defined in this version")
+            why = ("a searched architecture (see `ladder sweep report`)" if row.step.startswith("trial-")
+                   else f"step {row.step!r} is not defined in this version")
+            skipped.append(f"{row.id}: {why}")
             continue
         if status != "finished":
             skipped.append(f"{row.id}: {status}, not finished")

@@ -46,7 +46,8 @@ def receptive_field(layers: list[nn.Module], spatial: int = 28) -> list[tuple[in
             ksd = (size, size, 1)
         if ksd:
             k, s, d = ksd
-            pad = m.padding if isinstance(m.padding, int) else m.padding[0]
+            pad = getattr(m, "padding", 0)
+            pad = pad if isinstance(pad, int) else pad[0]
             rf += (k - 1) * d * jump
             jump *= s
             size = (size + 2 * pad - d * (k - 1) - 1) // s + 1
