@@ -13,7 +13,6 @@ import hashlib
 import io
 import os
 import pickle
-import shutil
 import struct
 import subprocess
 import sys
@@ -254,6 +253,3 @@ def load(cache_dir: Path | None = None, idx_dir: Path | None = None) -> MNIST:
         test_labels=files["t10k-labels-idx1-ubyte"].long(),
     )
 
-
-def clear_cache(cache_dir: Path | None = None) -> None:
-    shutil.rmtree(Path(cache_dir) if cache_dir else default_cache_dir(), ignore_errors=True)
