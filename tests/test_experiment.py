@@ -13,13 +13,20 @@ from mnist_ladder.store import Store
 CPU = torch.device("cpu")
 
 
-def spec(epochs: int = 3) -> experiment.Spec:
-    return experiment.make_spec(steps.get("step6"), seed=7, epochs=epochs, train_limit=2_000,
+def spec(epochs: int = 3, step: str = "step6") -> experiment.Spec:
+    return experiment.make_spec(steps.get(step), seed=7, epochs=epochs, train_limit=2_000,
                                 eval_limit=500)
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, mnist, monkeypatch) -> None:
+@pytest.mark.parametrize("step", ["step6", "step7"])  # step7: the weight average resumes too
+def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, mnist, monkeypatch,
+                                              step: str) -> None:
     store = Store(tmp_path / "l.db")
+    spec_ = spec
+
+    def spec(epochs: int = 3) -> experiment.Spec:
+        return spec_(epochs, step)
+
     full = experiment.execute(spec(), mnist, store, tmp_path, device=CPU, amp=False,
                               log=lambda s: None)
     real_fit = experiment.fit
@@ -45,6 +52,18 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, mnist, monkeypatch
     w1 = torch.load(Path(full.run_dir) / "model.pt", weights_only=True)["state_dict"]
     w2 = torch.load(Path(resumed.run_dir) / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_val_only_run_never_evaluates_the_test_set(tmp_path: Path, mnist) -> None:
+    s = experiment.make_spec(steps.get("step7"), seed=1, epochs=1, val=True, train_limit=1_000,
+                             eval_limit=300, test=False)
+    assert s.protocol.startswith("val-only")
+    store = Store(tmp_path / "l.db")
+    row = experiment.execute(s, mnist, store, tmp_path, device=CPU, amp=False, log=lambda s: None)
+    (epoch,) = store.epochs(row.id)
+    assert epoch["test_acc"] is None and epoch["val_acc"] > 50
+    with pytest.raises(ValueError):
+        experiment.make_spec(steps.get("step7"), seed=1, test=False)  # no val: nothing to evaluate
 
 
 def test_crafted_checkpoint_is_refused(tmp_path: Path) -> None:

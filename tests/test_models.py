@@ -23,6 +23,33 @@ def test_seed_parameter_counts() -> None:
     assert steps.get("step6").params < 8_000
 
 
+def test_frontier_steps_keep_their_budgets() -> None:
+    assert steps.get("step7").params <= 4_000  # the budget for holding 99.4
+    assert steps.get("step8").params < 8_000
+
+
+@pytest.mark.parametrize("name", [f"{s.name}.{v.name}" for s in steps.STEPS.values() for v in s.tried])
+def test_every_tried_variant_builds_and_differs_from_its_step(name: str) -> None:
+    variant = steps.get(name)
+    parent = steps.get(variant.parent)
+    assert variant.params == count_parameters(variant.build())
+    assert variant.build()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    differs_in_model = repr(variant.build()) != repr(parent.build())
+    assert differs_in_model or variant.recipe != parent.recipe
+
+
+def test_variant_names_resolve_and_unknown_ones_fail() -> None:
+    with pytest.raises(steps.UnknownStep):
+        steps.get("step7.nothing-like-this")
+    with pytest.raises(steps.UnknownStep):
+        steps.get("step99.x")
+
+
+def test_separable_block_costs_depthwise_plus_pointwise() -> None:
+    from mnist_ladder.models import separable
+    assert count_parameters(separable(12, 16)) == 12 * 9 + 12 * 16 + 2 * 16
+
+
 def test_batchnorm_buffers_do_not_count() -> None:
     block = Conv(4, 8, order="cb")
     assert count_parameters(block) == 4 * 8 * 9 + 2 * 8  # weights + BN affine; not running stats

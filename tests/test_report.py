@@ -37,11 +37,13 @@ def add_run(store: Store, tmp: Path, run_id: str, step: str, seed: int, final: f
                          "2026-01-01T00:00:00", "2026-01-01T00:02:00", status, 120.0 + seed))
     test = curve(96.0, final, 0.03 * seed)
     train = curve(90.0, final - 1.0, 0.02)
+    blind = protocol == "val-only"  # a design run: validation only, test never evaluated
     for e in range(15 if status == "finished" else 5):
         store.add_epoch(run_id, {"epoch": e + 1, "lr": 0.01, "train_loss": 0.3 / (e + 1),
-                                 "train_acc": train[e], "test_loss": 0.1 / (e + 1),
-                                 "test_acc": test[e], "val_loss": None, "val_acc": None,
-                                 "seconds": 8.0})
+                                 "train_acc": train[e], "test_loss": None if blind else 0.1 / (e + 1),
+                                 "test_acc": None if blind else test[e],
+                                 "val_loss": 0.1 / (e + 1) if blind else None,
+                                 "val_acc": test[e] if blind else None, "seconds": 8.0})
 
 
 def make_store(tmp: Path) -> Path:
@@ -54,6 +56,11 @@ def make_store(tmp: Path) -> Path:
         add_run(store, tmp, "step6-s3", "step6", 3, 99.30)
         add_run(store, tmp, "step6-s4-cut", "step6", 4, 99.0, status="interrupted")
         add_run(store, tmp, "step6-small", "step6", 9, 97.0, protocol="test:train=2000,eval=all")
+        for seed, final in ((1, 99.45), (2, 99.41)):
+            add_run(store, tmp, f"step7-s{seed}-design", "step7", seed, final, protocol="val-only")
+        add_run(store, tmp, "step7.all-full-s1", "step7.all-full", 1, 99.2, protocol="val-only")
+        add_run(store, tmp, "step7.all-full-cut", "step7.all-full", 2, 99.2, protocol="val-only",
+                status="interrupted")
     return db
 
 
@@ -73,6 +80,16 @@ def test_report_matches_golden_and_every_image_exists(tmp_path: Path, mnist) -> 
     assert any("step6-s4-cut" in s and "interrupted" in s for s in skipped)
     assert any("step6-small" in s and "subset" in s for s in skipped)
     assert any("model.pt" in s for s in skipped)
+    assert any("step7.all-full-cut" in s and "interrupted" in s for s in skipped)
+
+
+def test_design_runs_are_tabled_under_their_step_never_as_results(tmp_path: Path) -> None:
+    db = make_store(tmp_path)
+    text = write_report(db, tmp_path / "REPORT.md", None)[0].read_text()
+    design = text[text.index("## step7: design runs only"):]
+    assert "| `step7` | **the step as defined** | 3,624 | 2 | 99.43 ± 0.02 (99.41) |" in design
+    assert "| `step7.all-full` | full 3x3 convolutions only, narrower | 3,792 | 1 | 99.20 (99.20) |" in design
+    assert "| step7 |" not in text  # no test-protocol row from design runs
 
 
 def test_report_numbers_are_the_stores(tmp_path: Path) -> None:

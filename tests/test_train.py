@@ -67,6 +67,33 @@ def test_onecycle_is_stepped_per_batch_and_settles(mnist) -> None:
     assert lrs[0] == pytest.approx(0.015 / 25, rel=1e-6)
 
 
+def test_weight_average_is_what_is_evaluated(mnist) -> None:
+    data = T.prepare(mnist, CPU, train_limit=6_400, eval_limit=1_000)
+    recipe = short("step7", 2)
+    assert recipe.ema > 0
+    state = T.new_state(steps.get("step7"), recipe, data, 1, CPU)
+    x, y = data.eval_sets["test"]
+    raw: list[float] = []
+    hist = list(T.fit(steps.get("step7"), data, recipe, state=state,
+                      on_epoch=lambda r, st: raw.append(T.test(st.model, x, y)[1])))
+    assert state.eval_model is state.ema.module
+    assert hist[-1].test_acc == pytest.approx(T.test(state.ema.module, x, y)[1])
+    assert T.test(state.model, x, y)[1] != hist[-1].test_acc  # the raw weights differ
+    # warm-up: the average forgets the initial weights, so even after epoch 1 (50 steps) it is
+    # far above chance, a few steps behind the raw weights (without warm-up: ~10%)
+    assert hist[0].test_acc > 35 and raw[0] > 35, (hist[0].test_acc, raw)
+
+
+def test_ema_warmup_follows_early_then_decays_slowly() -> None:
+    upd = T.ema_update(0.99)
+    ema, cur = [torch.zeros(1)], [torch.ones(1)]
+    upd(ema, cur, torch.tensor(1))  # decay 2/11: mostly the current weights
+    assert ema[0].item() == pytest.approx(9 / 11)
+    ema = [torch.zeros(1)]
+    upd(ema, cur, torch.tensor(10_000))  # capped at 0.99
+    assert ema[0].item() == pytest.approx(0.01)
+
+
 def test_bad_device_and_precision_are_config_errors() -> None:
     with pytest.raises(T.ConfigError):
         T.pick_device("tpu")

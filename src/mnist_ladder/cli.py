@@ -63,6 +63,8 @@ def cmd_data(a: argparse.Namespace) -> int:
 def cmd_list(a: argparse.Namespace) -> int:
     for s in steps.STEPS.values():
         print(f"{s.name:<7} {s.params:>10,}  {s.title}: {s.target[0]}")
+        for v in s.tried:
+            print(f"  {s.name}.{v.name}  ({steps.get(f'{s.name}.{v.name}').params:,}): {v.change}")
     return 0
 
 
@@ -106,8 +108,9 @@ def cmd_run(a: argparse.Namespace) -> int:
             step = resolve_step(spec)
         else:
             step = steps.get(a.step)
-            spec = make_spec(step, a.seed, epochs=a.epochs, batch_size=a.batch_size, val=a.val,
-                             train_limit=a.train_limit, eval_limit=a.eval_limit)
+            spec = make_spec(step, a.seed, epochs=a.epochs, batch_size=a.batch_size,
+                             val=a.val or a.val_only, train_limit=a.train_limit,
+                             eval_limit=a.eval_limit, test=not a.val_only)
         model = step.build()
         print(f"{step.name}: {step.title}  ({count_parameters(model):,} parameters, "
               f"device {device}, {'bf16 autocast' if amp else 'fp32'})")
@@ -115,8 +118,9 @@ def cmd_run(a: argparse.Namespace) -> int:
         mnist = data.load(a.data_dir, a.idx_dir)
         row = execute(spec, mnist, store, a.out, device=device, amp=amp, resume=resume)
         hist = store.epochs(row.id)
-        best = max(h["test_acc"] for h in hist)
-        print(f"run {row.id}: best test {best:.2f}%, final {hist[-1]['test_acc']:.2f}%, "
+        key = "test_acc" if spec.test else "val_acc"
+        best = max(h[key] for h in hist)
+        print(f"run {row.id}: best {key[:-4]} {best:.2f}%, final {hist[-1][key]:.2f}%, "
               f"{row.wall_seconds:.0f}s -> {row.run_dir}")
     return 0
 
@@ -152,8 +156,9 @@ def cmd_ladder(a: argparse.Namespace) -> int:
     db = str(a.db or default_db_path())
     Store(db).close()
     threads = max(1, (os.cpu_count() or 1) // a.jobs) if device.type == "cpu" else 1
-    tasks = [Task(make_spec(steps.get(name), seed, val=a.val, epochs=a.epochs,
-                            train_limit=a.train_limit, eval_limit=a.eval_limit),
+    tasks = [Task(make_spec(steps.get(name), seed, val=a.val or a.val_only, epochs=a.epochs,
+                            train_limit=a.train_limit, eval_limit=a.eval_limit,
+                            test=not a.val_only),
                   db, str(a.out), str(device), amp, threads)
              for seed in a.seeds for name in a.steps]
     print(f"{len(tasks)} runs: steps {', '.join(a.steps)} x seeds {a.seeds}; {a.jobs} job(s)")
@@ -259,9 +264,10 @@ def cmd_runs(a: argparse.Namespace) -> int:
             print("no runs")
         for r in rows:
             hist = store.epochs(r.id)
-            final = f"{hist[-1]['test_acc']:.2f}" if hist else "-"
-            print(f"{r.id:<36} {r.effective_status:<11} {r.protocol:<5} epochs {len(hist):>2}/"
-                  f"{r.recipe['epochs']:<2} final test {final:>6}  {r.params:>9,} params")
+            key = "val_acc" if r.protocol.startswith("val-only") else "test_acc"
+            final = f"{hist[-1][key]:.2f}" if hist else "-"
+            print(f"{r.id:<36} {r.effective_status:<11} {r.protocol:<8} epochs {len(hist):>2}/"
+                  f"{r.recipe['epochs']:<2} final {key[:-4]:<4} {final:>6}  {r.params:>9,} params")
     return 0
 
 
@@ -301,6 +307,9 @@ def build_parser() -> Parser:
     train_opts.add_argument("--out", type=Path, default=Path("runs"), help="run folders go here")
     train_opts.add_argument("--val", action="store_true",
                             help="validation protocol: train on 50,000, select on the last 10,000")
+    train_opts.add_argument("--val-only", action="store_true",
+                            help="validation protocol without ever evaluating the test set "
+                                 "(design and tuning)")
 
     p = Parser(prog="ladder", description="Climb the MNIST ladder: tiny CNNs, step by step.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)

@@ -63,10 +63,11 @@ class Spec:
     train_limit: int | None = None  # small subsets, for tests
     eval_limit: int | None = None
     arch: dict | None = None  # a searched architecture (see family.py) instead of a ladder step
+    test: bool = True  # False (with val): the test set is never evaluated, for design work
 
     @property
     def protocol(self) -> str:
-        p = "val" if self.val else "test"
+        p = ("val" if self.test else "val-only") if self.val else "test"
         if self.train_limit or self.eval_limit:
             p += f":train={self.train_limit or 'all'},eval={self.eval_limit or 'all'}"
         return p
@@ -83,11 +84,14 @@ class Spec:
 
 def make_spec(step: Step, seed: int, *, epochs: int | None = None, batch_size: int | None = None,
               val: bool = False, train_limit: int | None = None,
-              eval_limit: int | None = None, recipe: Recipe | None = None) -> Spec:
+              eval_limit: int | None = None, recipe: Recipe | None = None,
+              test: bool = True) -> Spec:
     recipe = recipe or step.recipe
     recipe = dataclasses.replace(recipe, epochs=epochs or recipe.epochs,
                                  batch_size=batch_size or recipe.batch_size)
-    return Spec(step.name, seed, recipe, val, train_limit, eval_limit)
+    if not test and not val:
+        raise ValueError("a run without the test set needs the validation protocol")
+    return Spec(step.name, seed, recipe, val, train_limit, eval_limit, test=test)
 
 
 def resolve_step(spec: Spec) -> Step:
@@ -102,9 +106,10 @@ def new_run_id(spec: Spec) -> str:
 
 
 def epoch_line(r: EpochResult, total: int) -> str:
+    test = f"  test {r.test_loss:.4f} {r.test_acc:6.2f}%" if r.test_acc is not None else ""
     val = f"  val {r.val_loss:.4f} {r.val_acc:6.2f}%" if r.val_acc is not None else ""
     return (f"epoch {r.epoch:>2}/{total}  lr {r.lr:.5f}  train {r.train_loss:.4f} {r.train_acc:6.2f}%"
-            f"  test {r.test_loss:.4f} {r.test_acc:6.2f}%{val}  {r.seconds:5.1f}s")
+            f"{test}{val}  {r.seconds:5.1f}s")
 
 
 def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: torch.device,
@@ -113,7 +118,7 @@ def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: to
     """Train `spec` (or continue the interrupted run `resume`), recording as it goes."""
     step = resolve_step(spec)
     data = prepare(mnist, device, val=spec.val, train_limit=spec.train_limit,
-                   eval_limit=spec.eval_limit)
+                   eval_limit=spec.eval_limit, test=spec.test)
     state = new_state(step, spec.recipe, data, spec.seed, device)
     if resume is not None:
         run_id, run_dir = resume.id, Path(resume.run_dir)
@@ -155,7 +160,7 @@ def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: to
                          note=f"{type(e).__name__}: {e}")
         raise
     save_atomic({"step": spec.step, "arch": spec.arch, "params": count_parameters(state.model),
-                 "state_dict": state.model.state_dict()}, run_dir / WEIGHTS)
+                 "state_dict": state.eval_model.state_dict()}, run_dir / WEIGHTS)
     store.set_status(run_id, "finished", prior_seconds + time.perf_counter() - t0)
     return store.run(run_id)
 

@@ -53,6 +53,13 @@ class Conv(nn.Sequential):
         super().__init__(*(make[letter]() for letter in order))
 
 
+def separable(cin: int, cout: int, *, padding: int = 1) -> nn.Sequential:
+    """Depthwise 3x3 (one filter per channel) then pointwise 1x1, BatchNorm + ReLU after the
+    pair: 9*cin + cin*cout weights instead of 9*cin*cout for a full 3x3."""
+    return nn.Sequential(Conv(cin, cin, 3, padding=padding, groups=cin),
+                         Conv(cin, cout, 1, order="cbr"))
+
+
 class Net(nn.Sequential):
     """A stack of layers ending in [N, 10, 1, 1] or [N, 10]; returns logits [N, 10]."""
 

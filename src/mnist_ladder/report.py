@@ -89,6 +89,8 @@ def gather(store: Store, skipped: list[str]) -> dict[tuple[str, str], StepResult
     latest: dict[tuple[str, str, int], RunRow] = {}
     for row in store.runs():
         status = row.effective_status
+        if "." in row.step or row.protocol.startswith("val-only"):
+            continue  # design runs: see gather_tried
         if row.step not in steps.STEPS:
             why = ("a searched architecture (see `ladder sweep report`)" if row.step.startswith("trial-")
                    else f"step {row.step!r} is not defined in this version")
@@ -103,6 +105,10 @@ def gather(store: Store, skipped: list[str]) -> dict[tuple[str, str], StepResult
         if row.recipe != canonical(steps.get(row.step).recipe.to_dict()):
             skipped.append(f"{row.id}: recipe differs from {row.step}'s (e.g. --epochs)")
             continue
+        if row.params != steps.get(row.step).params:
+            skipped.append(f"{row.id}: {row.params:,} parameters; {row.step} now has "
+                           f"{steps.get(row.step).params:,} (an earlier definition)")
+            continue
         latest[(row.step, row.protocol, row.seed)] = row  # runs come oldest first
     for (step, protocol, _seed), row in sorted(latest.items(), key=lambda kv: kv[0][2]):
         epochs = store.epochs(row.id)
@@ -112,6 +118,67 @@ def gather(store: Store, skipped: list[str]) -> dict[tuple[str, str], StepResult
         res = out.setdefault((step, protocol), StepResults(steps.get(step), protocol))
         res.runs.append(SeedRun(row, epochs))
     return out
+
+
+@dataclass
+class Tried:
+    """A step or one of its variants, as run on the validation protocol without the test set."""
+
+    step: steps.Step
+    change: str
+    curves: list[list[float]] = field(default_factory=list)  # validation accuracy per seed
+
+    def row(self) -> str:
+        n = len(self.curves)
+        finals = [c[-1] for c in self.curves]
+        last = [statistics.fmean(c[-LAST:]) for c in self.curves]
+        holding = sum(all(v >= TARGET for v in c[-LAST:]) for c in self.curves)
+        return (f"| `{self.step.name}` | {self.change} | {self.step.params:,} | {n} | "
+                f"{fmt(statistics.fmean(finals), statistics.pstdev(finals), n)} "
+                f"({min(finals):.2f}) | {statistics.fmean(last):.2f} | {holding}/{n} |")
+
+
+def gather_tried(store: Store, skipped: list[str]) -> dict[str, list[Tried]]:
+    """Per ladder step: its own design runs and its variants' (protocol val-only), seed by seed."""
+    out: dict[str, dict[str, Tried]] = {}
+    latest: dict[tuple[str, int], RunRow] = {}
+    for row in store.runs():
+        if row.protocol != "val-only":
+            continue
+        try:
+            step = steps.get(row.step)
+        except steps.UnknownStep:
+            skipped.append(f"{row.id}: design run of {row.step!r}, not defined in this version")
+            continue
+        if row.effective_status != "finished":
+            skipped.append(f"{row.id}: {row.effective_status}, not finished")
+        elif row.recipe != canonical(step.recipe.to_dict()) or row.params != step.params:
+            skipped.append(f"{row.id}: model or recipe differs from {row.step}'s current "
+                           "definition")
+        else:
+            latest[(row.step, row.seed)] = row
+    for (name, _seed), row in sorted(latest.items(), key=lambda kv: kv[0]):
+        epochs = store.epochs(row.id)
+        if len(epochs) != row.recipe["epochs"]:
+            skipped.append(f"{row.id}: {len(epochs)} of {row.recipe['epochs']} epochs stored")
+            continue
+        step = steps.get(name)
+        parent = step.parent or step.name
+        change = step.title if step.parent else "**the step as defined**"
+        tried = out.setdefault(parent, {}).setdefault(name, Tried(step, change))
+        tried.curves.append([e["val_acc"] for e in epochs])
+    return {parent: sorted(t.values(), key=lambda t: (t.step.parent is not None, t.step.name))
+            for parent, t in out.items()}
+
+
+def tried_section(tried: list[Tried]) -> list[str]:
+    return ["", "### What was tried", "",
+            "Design runs on the validation protocol (train on the first 50,000, validate on the "
+            "last 10,000; the test set never evaluated), 15 epochs, "
+            "`ladder run STEP.VARIANT --val-only --seed N`:", "",
+            "| run as | change | parameters | seeds | final val (min) | mean of last 3 "
+            f"| seeds ≥ {TARGET} in each of the last {LAST} |",
+            "|---|---|---|---|---|---|---|", *(t.row() for t in tried), ""]
 
 
 # ---------------------------------------------------------------- figures
@@ -254,7 +321,7 @@ def observations(res: StepResults, prev: StepResults | None) -> list[str]:
 
 def step_section(res: StepResults, prev: StepResults | None, figs: Path, rel: str,
                  mnist_test: tuple[torch.Tensor, torch.Tensor] | None,
-                 skipped: list[str]) -> list[str]:
+                 skipped: list[str], tried: list[Tried] | None = None) -> list[str]:
     s, n = res.step, len(res.runs)
     seeds = ", ".join(str(r.row.seed) for r in res.runs)
     lines = [f"## {s.name}: {s.title}", "", "### Target", ""]
@@ -283,6 +350,8 @@ def step_section(res: StepResults, prev: StepResults | None, figs: Path, rel: st
     lines += ["", "### Analysis", ""]
     lines += [f"- {a}" for a in s.analysis]
     lines += [f"- {o}" for o in observations(res, prev)]
+    if tried:
+        lines += tried_section(tried)
     tag = f"{s.name}-{res.protocol}"
     plot_curves(res, figs / f"{tag}-curves.png")
     lines += ["", f"![{s.name} curves]({rel}/{tag}-curves.png)"]
@@ -335,10 +404,11 @@ def write_report(db: Path, out: Path, mnist_test: tuple[torch.Tensor, torch.Tens
     try:
         with Store(db, create=False) as store:
             grouped = gather(store, skipped)
+            tried = gather_tried(store, skipped)
             runs_total = len(store.runs())
     except (StoreError, sqlite3.Error) as e:
         skipped.append(f"results store: {e}")
-        grouped, runs_total = {}, 0
+        grouped, tried, runs_total = {}, {}, 0
     order = {name: i for i, name in enumerate(steps.STEPS)}
     results = sorted(grouped.values(), key=lambda r: (order[r.step.name], r.protocol))
     lines = ["# MNIST ladder: report", "",
@@ -356,11 +426,14 @@ def write_report(db: Path, out: Path, mnist_test: tuple[torch.Tensor, torch.Tens
     prev_by_protocol: dict[str, StepResults] = {}
     for res in results:
         lines += step_section(res, prev_by_protocol.get(res.protocol), figs, "report", mnist_test,
-                              skipped)
+                              skipped, tried.pop(res.step.name, None) if res.protocol == "test"
+                              else None)
         prev_by_protocol[res.protocol] = res
     missing = [s for s in steps.STEPS if s not in {r.step.name for r in results}]
     if missing:
         lines += ["## Steps without results", "", ", ".join(missing), ""]
+    for parent, t in tried.items():  # design runs of a step with no final runs yet
+        lines += [f"## {parent}: design runs only", *tried_section(t)]
     if skipped:
         lines += ["## Skipped", ""] + [f"- {s}" for s in skipped] + [""]
     out.write_text("\n".join(lines))

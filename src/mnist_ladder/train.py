@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from . import augment as aug
@@ -150,7 +151,8 @@ def _progress(total: int, desc: str) -> tqdm:
 
 def train(model: nn.Module, data: DeviceData, optimizer: torch.optim.Optimizer,
           scheduler, per_batch: bool, recipe: Recipe,
-          generator: torch.Generator, amp: bool, desc: str = "") -> tuple[float, float]:
+          generator: torch.Generator, amp: bool, desc: str = "",
+          ema: AveragedModel | None = None) -> tuple[float, float]:
     """One epoch; returns (mean loss, accuracy %) over the augmented training images."""
     model.train()
     n, device, batch_size = len(data.train_y), data.train_y.device, recipe.batch_size
@@ -174,6 +176,8 @@ def train(model: nn.Module, data: DeviceData, optimizer: torch.optim.Optimizer,
             optimizer.step()
             if per_batch:
                 scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             bar.update()
@@ -208,7 +212,12 @@ class TrainState:
     scheduler: object
     per_batch: bool
     generator: torch.Generator
+    ema: AveragedModel | None = None  # the weights evaluated and saved when the recipe has `ema`
     history: list[EpochResult] = field(default_factory=list)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
 
     def state_dict(self) -> dict:
         return {
@@ -216,6 +225,7 @@ class TrainState:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "generator": self.generator.get_state(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "cpu_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "history": [asdict(h) for h in self.history],
@@ -227,10 +237,33 @@ class TrainState:
         if self.scheduler:
             self.scheduler.load_state_dict(sd["scheduler"])
         self.generator.set_state(sd["generator"])
+        if self.ema is not None:
+            self.ema.load_state_dict(sd["ema"])
         torch.set_rng_state(sd["cpu_rng"])
         if sd["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(sd["cuda_rng"])
         self.history = [EpochResult(**h) for h in sd["history"]]
+
+
+def ema_update(decay: float):
+    """An exponential moving average with warm-up, as `AveragedModel`'s `multi_avg_fn`.
+
+    The decay grows as (1 + n) / (10 + n) up to `decay`, so the average forgets the random
+    initial weights within the first epoch (torch's `get_ema_multi_avg_fn` keeps them at
+    weight decay^n, which left the first epochs' averaged model at chance). Computed on the
+    device: no host synchronisation per step.
+    """
+
+    def update(ema: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        d = ((1 + n) / (10 + n)).clamp(max=decay)
+        for dtype in {t.dtype for t in ema}:  # BatchNorm's batch counter is an integer
+            pairs = [(e, c) for e, c in zip(ema, current, strict=True) if e.dtype == dtype]
+            if dtype.is_floating_point:
+                torch._foreach_lerp_([e for e, _ in pairs], [c for _, c in pairs], (1 - d).to(dtype))
+            else:
+                torch._foreach_copy_([e for e, _ in pairs], [c for _, c in pairs])
+
+    return update
 
 
 def set_determinism(seed: int) -> None:
@@ -251,7 +284,11 @@ def new_state(step: Step, recipe: Recipe, data: DeviceData, seed: int,
     steps_per_epoch = math.ceil(len(data.train_y) / recipe.batch_size)
     scheduler, per_batch = make_scheduler(optimizer, recipe, steps_per_epoch)
     generator = torch.Generator(device=device).manual_seed(seed)
-    return TrainState(model, optimizer, scheduler, per_batch, generator)
+    # BatchNorm statistics are averaged with the weights (use_buffers), so the EMA model
+    # evaluates without a recalibration pass.
+    ema = (AveragedModel(model, multi_avg_fn=ema_update(recipe.ema), use_buffers=True)
+           if recipe.ema else None)
+    return TrainState(model, optimizer, scheduler, per_batch, generator, ema)
 
 
 def save_atomic(obj: object, path: Path) -> None:
@@ -276,10 +313,11 @@ def fit(step: Step, data: DeviceData, recipe: Recipe, *, seed: int = 1, amp: boo
         lr = state.optimizer.param_groups[0]["lr"]
         train_loss, train_acc = train(state.model, data, state.optimizer, state.scheduler,
                                       state.per_batch, recipe, state.generator, amp,
-                                      desc=f"{step.name} epoch {epoch}/{recipe.epochs}")
+                                      desc=f"{step.name} epoch {epoch}/{recipe.epochs}",
+                                      ema=state.ema)
         if state.scheduler is not None and not state.per_batch:
             state.scheduler.step()
-        scores = {name: test(state.model, x, y, amp) for name, (x, y) in data.eval_sets.items()}
+        scores = {name: test(state.eval_model, x, y, amp) for name, (x, y) in data.eval_sets.items()}
         val = scores.get("val", (None, None))
         result = EpochResult(epoch, lr, train_loss, train_acc, *scores.get("test", (None, None)),
                              seconds=time.perf_counter() - t0, val_loss=val[0], val_acc=val[1])

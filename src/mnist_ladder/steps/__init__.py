@@ -10,23 +10,34 @@ from . import (
     step4_capacity,
     step5_augmentation,
     step6_lr_scheduler,
+    step7_separable,
+    step8_wider,
 )
-from .base import Recipe, SeedResults, Step
+from .base import Recipe, SeedResults, Step, Variant
 
 _MODULES = (step0_basic_setup, step1_skeleton, step2_batchnorm, step3_dropout,
-            step4_capacity, step5_augmentation, step6_lr_scheduler)
+            step4_capacity, step5_augmentation, step6_lr_scheduler, step7_separable, step8_wider)
 STEPS: dict[str, Step] = {m.STEP.name: m.STEP for m in _MODULES}
 
 
 class UnknownStep(KeyError):
     def __str__(self) -> str:
-        return f"unknown step {self.args[0]!r}; valid steps: {', '.join(STEPS)}"
+        variants = [f"{s.name}.{v.name}" for s in STEPS.values() for v in s.tried]
+        return (f"unknown step {self.args[0]!r}; valid steps: {', '.join(STEPS)}"
+                + (f"; variants: {', '.join(variants)}" if variants else ""))
 
 
 def get(name: str) -> Step:
-    if name not in STEPS:
+    """A ladder step by name, or one of its tried variants as `STEP.VARIANT`."""
+    parent, _, variant = name.partition(".")
+    if parent not in STEPS:
         raise UnknownStep(name)
-    return STEPS[name]
+    if not variant:
+        return STEPS[parent]
+    try:
+        return STEPS[parent].variant(variant)
+    except KeyError:
+        raise UnknownStep(name) from None
 
 
-__all__ = ["STEPS", "Recipe", "SeedResults", "Step", "UnknownStep", "get"]
+__all__ = ["STEPS", "Recipe", "SeedResults", "Step", "UnknownStep", "Variant", "get"]

@@ -49,6 +49,17 @@ class SeedResults:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """Something tried on the way to a step and compared on the validation protocol: the step
+    with another model and/or recipe. Runs as `STEP.NAME` (e.g. `step7.no-ema`)."""
+
+    name: str
+    change: str  # what differs from the step, in a few words
+    build: Callable[[], nn.Module] | None = None  # None: the step's model
+    recipe: Recipe | None = None  # None: the step's recipe
+
+
+@dataclass(frozen=True)
 class Step:
     name: str
     title: str
@@ -58,3 +69,15 @@ class Step:
     analysis: tuple[str, ...]
     params: int  # pinned: a test checks the built model against it
     seed: SeedResults | None = None
+    tried: tuple[Variant, ...] = ()  # alternatives compared on validation, shown in the report
+    parent: str | None = None  # set on a variant: the step it varies
+
+    def variant(self, name: str) -> Step:
+        from ..models import count_parameters  # a variant's count is whatever its model has
+        v = next((v for v in self.tried if v.name == name), None)
+        if v is None:
+            raise KeyError(name)
+        build = v.build or self.build
+        return Step(name=f"{self.name}.{v.name}", title=v.change, target=self.target,
+                    build=build, recipe=v.recipe or self.recipe, analysis=(),
+                    params=count_parameters(build()), parent=self.name)
