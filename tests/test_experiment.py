@@ -22,12 +22,9 @@ def spec(epochs: int = 3, step: str = "step6") -> experiment.Spec:
 def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, mnist, monkeypatch,
                                               step: str) -> None:
     store = Store(tmp_path / "l.db")
-    spec_ = spec
+    run_spec = spec(3, step)
 
-    def spec(epochs: int = 3) -> experiment.Spec:
-        return spec_(epochs, step)
-
-    full = experiment.execute(spec(), mnist, store, tmp_path, device=CPU, amp=False,
+    full = experiment.execute(run_spec, mnist, store, tmp_path, device=CPU, amp=False,
                               log=lambda s: None)
     real_fit = experiment.fit
 
@@ -39,12 +36,12 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, mnist, monkeypatch
 
     monkeypatch.setattr(experiment, "fit", fit_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        experiment.execute(spec(), mnist, store, tmp_path, device=CPU, amp=False,
+        experiment.execute(run_spec, mnist, store, tmp_path, device=CPU, amp=False,
                            log=lambda s: None)
     monkeypatch.setattr(experiment, "fit", real_fit)
     (cut,) = [r for r in store.runs() if r.id != full.id]
     assert cut.effective_status == "interrupted" and len(store.epochs(cut.id)) == 2
-    resumed = experiment.execute(spec(), mnist, store, tmp_path, device=CPU, amp=False,
+    resumed = experiment.execute(run_spec, mnist, store, tmp_path, device=CPU, amp=False,
                                  resume=cut, log=lambda s: None)
     a, b = store.epochs(full.id), store.epochs(resumed.id)
     keys = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc"]
