@@ -89,6 +89,10 @@ STEP = Step(
                 recipe=dataclasses.replace(RECIPE, batch_size=64)),
         Variant("light-augment", "half the augmentation: ±5°, ±5% shift, scale 0.95-1.05",
                 recipe=dataclasses.replace(RECIPE, augment=AUGMENT.scaled(0.5))),
+        Variant("no-ema", "no weight averaging",
+                recipe=dataclasses.replace(RECIPE, ema=0.0)),
+        Variant("seed-recipe", "Step 6's recipe (SGD 0.015, momentum 0.7, OneCycle, the seed's "
+                "augmentation)", recipe=step6_lr_scheduler.STEP.recipe),
         Variant("all-full", "full 3x3 convolutions only, narrower", build=build_all_full),
     ),
 )
