@@ -155,7 +155,7 @@ def cmd_ladder(a: argparse.Namespace) -> int:
     data.fetch(a.data_dir, a.idx_dir)  # once, before any worker needs it
     db = str(a.db or default_db_path())
     Store(db).close()
-    threads = max(1, (os.cpu_count() or 1) // a.jobs) if device.type == "cpu" else 1
+    threads = a.threads or (max(1, (os.cpu_count() or 1) // a.jobs) if device.type == "cpu" else 1)
     tasks = [Task(make_spec(steps.get(name), seed, val=a.val or a.val_only, epochs=a.epochs,
                             train_limit=a.train_limit, eval_limit=a.eval_limit,
                             test=not a.val_only),
@@ -345,6 +345,8 @@ def build_parser() -> Parser:
                    help="a count (5 = seeds 1..5) or a list (1,2,3); default 3")
     s.add_argument("--jobs", type=positive_int, default=1,
                    help="parallel processes, each with its share of the CPU threads")
+    s.add_argument("--threads", type=positive_int,
+                   help="CPU threads per job (default: the CPU's threads shared among the jobs)")
     s.add_argument("--no-report", dest="report", action="store_false")
     s.add_argument("--epochs", type=positive_int,
                    help="override every step's epochs (quick checks; the report keeps to the "

@@ -27,7 +27,8 @@ class Dropout(nn.Dropout):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or x.device.type != "cpu":
+        if (not self.training or self.p == 0 or x.device.type != "cpu"
+                or torch.compiler.is_compiling()):  # compiled: inductor's own fused RNG
             return F.dropout(x, self.p, self.training)
         n = x.numel()
         hits = int(torch.poisson(torch.tensor(-n * math.log1p(-self.p), dtype=torch.float64)))

@@ -40,6 +40,15 @@ def build_wider() -> nn.Module:
         nn.AdaptiveAvgPool2d(1), Conv(28, 10, 1))
 
 
+def build_bn_after_depthwise() -> nn.Module:
+    def sep(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(Conv(cin, cin, 3, groups=cin, order="cb"), Conv(cin, cout, 1, order="cbr"))
+
+    return Net(
+        block(1, 8), block(8, 16), nn.MaxPool2d(2), Conv(16, 8, 1), block(8, 12),
+        sep(12, 20), sep(20, 24), nn.AdaptiveAvgPool2d(1), Conv(24, 10, 1))
+
+
 def build_padded_two_pools() -> nn.Module:
     """First design: padded 28x28 and 14x14 maps, two pools, four separable blocks."""
     return Net(
@@ -93,6 +102,12 @@ STEP = Step(
                 recipe=dataclasses.replace(RECIPE, ema=0.0)),
         Variant("seed-recipe", "Step 6's recipe (SGD 0.015, momentum 0.7, OneCycle, the seed's "
                 "augmentation)", recipe=step6_lr_scheduler.STEP.recipe),
+        Variant("label-smoothing", "label smoothing 0.1",
+                recipe=dataclasses.replace(RECIPE, label_smoothing=0.1)),
+        Variant("peak-lr-0.2", "OneCycle peak learning rate 0.2 instead of 0.1",
+                recipe=dataclasses.replace(RECIPE, max_lr=0.2, lr=0.008)),
+        Variant("bn-after-depthwise", "BatchNorm after each depthwise convolution too",
+                build=build_bn_after_depthwise),
         Variant("all-full", "full 3x3 convolutions only, narrower", build=build_all_full),
     ),
 )
