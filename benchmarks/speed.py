@@ -190,6 +190,37 @@ def full_run(mnist: data.MNIST) -> dict:
             "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+ABLATIONS = [("NCHW instead of channels_last", {"channels_last": False}),
+             ("fp32 instead of bf16", {"amp": False}),
+             ("1 thread instead of 2", {"threads": 1}),
+             ("batch 256", {"batch_size": 256}),
+             ("batch 512", {"batch_size": 512}),
+             ("torch.compile (steady state)", {"compile_model": True})]
+
+
+def ablations(mnist: data.MNIST, batches: int, reps: int) -> list[tuple[str, str]]:
+    """Each choice against the default, interleaved: every rep measures the default and then
+    each alternative back to back, and the ratio is taken within the rep (this VM's speed
+    drifts by +-20% over minutes; ratios of neighbours drift far less). Median over reps."""
+    print("ablations (ratio to the default measured just before, median of reps):")
+    ratios: dict[str, list[float]] = {label: [] for label, _ in ABLATIONS}
+    rates: dict[str, list[float]] = {label: [] for label, _ in ABLATIONS}
+    for _ in range(reps):
+        for label, kw in ABLATIONS:
+            base = ours_images_per_s(mnist, batches)
+            r = ours_images_per_s(mnist, batches, **kw)
+            ratios[label].append(r / base)
+            rates[label].append(r)
+    rows = []
+    for label, _ in ABLATIONS:
+        ratio = statistics.median(ratios[label])
+        spread = f"{min(ratios[label]):.2f}-{max(ratios[label]):.2f}"
+        rows.append((f"ablation: {label}", f"{statistics.median(rates[label]):,.0f} img/s, "
+                                           f"{ratio:.2f}x (reps {spread})"))
+        print(f"  {label}: {ratio:.2f}x ({spread})", flush=True)
+    return rows
+
+
 def median_rate(fn, reps: int) -> float:
     return statistics.median(fn() for _ in range(reps))
 
@@ -230,18 +261,7 @@ def main() -> None:
         ("fraction of matmul peak (same precision)", f"{100 * achieved / peak:.1f}%"),
     ]
     if a.ablate:
-        print("ablations (train images/s, median of reps; each a ratio to the default):")
-        base = ours
-        for label, kw in [("NCHW instead of channels_last", {"channels_last": False}),
-                          ("fp32 instead of bf16", {"amp": False}),
-                          ("1 thread", {"threads": 1}),
-                          ("batch 256", {"batch_size": 256}),
-                          ("batch 512", {"batch_size": 512})]:
-            r = median_rate(lambda kw=kw: ours_images_per_s(mnist, a.batches, **kw), a.reps)
-            rows.append((f"ablation: {label}", f"{r:,.0f} ({r / base:.2f}x)"))
-            print(f"  {label}: {r:,.0f}", flush=True)
-        r = ours_images_per_s(mnist, a.batches, compile_model=True)
-        rows.append(("ablation: torch.compile (steady state)", f"{r:,.0f} ({r / base:.2f}x)"))
+        rows += ablations(mnist, a.batches, a.reps)
     if a.full:
         print("full Step 6 run, 15 epochs:")
         f = full_run_in_child()

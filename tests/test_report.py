@@ -87,8 +87,9 @@ def test_design_runs_are_tabled_under_their_step_never_as_results(tmp_path: Path
     db = make_store(tmp_path)
     text = write_report(db, tmp_path / "REPORT.md", None)[0].read_text()
     design = text[text.index("## step7: design runs only"):]
-    assert "| `step7` | **the step as defined** | 3,624 | 2 | 99.43 ± 0.02 (99.41) |" in design
-    assert "| `step7.all-full` | full 3x3 convolutions only, narrower | 3,792 | 1 | 99.20 (99.20) |" in design
+    assert "| `step7` | **the step as defined** | 3,624 | 2 | 99.43 ± 0.02 (99.41) | - |" in design
+    assert ("| `step7.all-full` | full 3x3 convolutions only, narrower | 3,792 | 1 | 99.20 (99.20) "
+            "| -0.23 |") in design
     assert "| step7 |" not in text  # no test-protocol row from design runs
 
 

@@ -128,14 +128,19 @@ class Tried:
     change: str
     curves: list[list[float]] = field(default_factory=list)  # validation accuracy per seed
 
-    def row(self) -> str:
+    @property
+    def final(self) -> float:
+        return statistics.fmean(c[-1] for c in self.curves)
+
+    def row(self, reference: float | None) -> str:
         n = len(self.curves)
         finals = [c[-1] for c in self.curves]
         last = [statistics.fmean(c[-LAST:]) for c in self.curves]
         holding = sum(all(v >= TARGET for v in c[-LAST:]) for c in self.curves)
+        delta = "-" if reference is None or self.step.parent is None else f"{self.final - reference:+.2f}"
         return (f"| `{self.step.name}` | {self.change} | {self.step.params:,} | {n} | "
-                f"{fmt(statistics.fmean(finals), statistics.pstdev(finals), n)} "
-                f"({min(finals):.2f}) | {statistics.fmean(last):.2f} | {holding}/{n} |")
+                f"{fmt(self.final, statistics.pstdev(finals), n)} "
+                f"({min(finals):.2f}) | {delta} | {statistics.fmean(last):.2f} | {holding}/{n} |")
 
 
 def gather_tried(store: Store, skipped: list[str]) -> dict[str, list[Tried]]:
@@ -172,13 +177,15 @@ def gather_tried(store: Store, skipped: list[str]) -> dict[str, list[Tried]]:
 
 
 def tried_section(tried: list[Tried]) -> list[str]:
+    own = [t for t in tried if t.step.parent is None]
+    reference = own[0].final if own else None
     return ["", "### What was tried", "",
             "Design runs on the validation protocol (train on the first 50,000, validate on the "
             "last 10,000; the test set never evaluated), 15 epochs, "
             "`ladder run STEP.VARIANT --val-only --seed N`:", "",
-            "| run as | change | parameters | seeds | final val (min) | mean of last 3 "
-            f"| seeds ≥ {TARGET} in each of the last {LAST} |",
-            "|---|---|---|---|---|---|---|", *(t.row() for t in tried), ""]
+            "| run as | change | parameters | seeds | final val (min) | vs the step "
+            f"| mean of last 3 | seeds ≥ {TARGET} in each of the last {LAST} |",
+            "|---|---|---|---|---|---|---|---|", *(t.row(reference) for t in tried), ""]
 
 
 # ---------------------------------------------------------------- figures

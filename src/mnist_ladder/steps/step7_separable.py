@@ -10,7 +10,7 @@ import dataclasses
 from torch import nn
 
 from ..augment import Augment
-from ..models import Conv, Net, separable
+from ..models import Conv, Dropout, Net, separable
 from . import step6_lr_scheduler
 from .base import Recipe, Step, Variant
 
@@ -47,6 +47,16 @@ def build_bn_after_depthwise() -> nn.Module:
     return Net(
         block(1, 8), block(8, 16), nn.MaxPool2d(2), Conv(16, 8, 1), block(8, 12),
         sep(12, 20), sep(20, 24), nn.AdaptiveAvgPool2d(1), Conv(24, 10, 1))
+
+
+def build_with_dropout() -> nn.Module:
+    def drop(p: float = 0.03) -> nn.Module:
+        return Dropout(p)
+
+    return Net(
+        block(1, 8), drop(), block(8, 16), drop(), nn.MaxPool2d(2), Conv(16, 8, 1),
+        block(8, 12), drop(), separable(12, 20, padding=0), drop(), separable(20, 24, padding=0),
+        drop(), nn.AdaptiveAvgPool2d(1), Conv(24, 10, 1))
 
 
 def build_padded_two_pools() -> nn.Module:
@@ -108,6 +118,10 @@ STEP = Step(
                 recipe=dataclasses.replace(RECIPE, max_lr=0.2, lr=0.008)),
         Variant("bn-after-depthwise", "BatchNorm after each depthwise convolution too",
                 build=build_bn_after_depthwise),
+        Variant("no-augment", "no augmentation at all",
+                recipe=dataclasses.replace(RECIPE, augment=Augment())),
+        Variant("dropout", "Dropout(0.03) after every 3x3 block, as in Step 6",
+                build=build_with_dropout),
         Variant("all-full", "full 3x3 convolutions only, narrower", build=build_all_full),
     ),
 )
