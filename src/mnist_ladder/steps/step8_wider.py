@@ -32,7 +32,10 @@ STEP = Step(
     recipe=RECIPE,
     analysis=(
         "The same design and recipe as Step 7, with the parameters the seed's budget leaves: "
-        "wider layers everywhere.",
+        "wider layers everywhere (10, 20 | 12 | 20, 32, 40 channels instead of 8, 16 | 8 | "
+        "12, 20, 24).",
+        "Against Step 6 (6,720 parameters): no dropout, no head after GAP, separable last "
+        "layers, and Step 7's recipe.",
     ),
     params=7_322,
 )
