@@ -167,23 +167,30 @@ def seed_images_per_s(mnist: data.MNIST, batches: int) -> float:
 # ---------------------------------------------------------------- full run
 
 
-def full_run_in_child() -> dict:
+def full_run_in_child(batch_size: int) -> dict:
     """The 15-epoch run in a process of its own, so that its peak memory is its own."""
     import json
     import subprocess
-    r = subprocess.run([sys.executable, __file__, "--full-child"], stdout=subprocess.PIPE,
-                       text=True, check=True)
+    r = subprocess.run([sys.executable, __file__, "--full-child", str(batch_size)],
+                       stdout=subprocess.PIPE, text=True, check=True)
     *_, last = r.stdout.strip().splitlines()
     return json.loads(last)
 
 
-def full_run(mnist: data.MNIST) -> dict:
+def full_recipe(batch_size: int):
+    """Step 6's recipe at another batch size, OneCycle's peak scaled linearly with it."""
+    r = STEP.recipe
+    k = batch_size / r.batch_size
+    return dataclasses.replace(r, batch_size=batch_size, lr=r.lr * k, max_lr=r.max_lr * k)
+
+
+def full_run(mnist: data.MNIST, batch_size: int) -> dict:
     device = torch.device("cpu")
     amp = T.pick_amp("auto", device)
     t = time.perf_counter()
     d = T.prepare(mnist, device)
     hist = []
-    for r in T.fit(STEP, d, STEP.recipe, seed=1, amp=amp):
+    for r in T.fit(STEP, d, full_recipe(batch_size), seed=1, amp=amp):
         hist.append(r)
         print(f"    epoch {r.epoch:>2}: test {r.test_acc:.2f}%  {r.seconds:.1f}s", flush=True)
     return {"wall_s": time.perf_counter() - t, "last3": [h.test_acc for h in hist[-3:]],
@@ -231,14 +238,17 @@ def main() -> None:
     ap.add_argument("--ablate", action="store_true", help="also measure each speed choice")
     ap.add_argument("--batches", type=int, default=60)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--full-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--full-batches", default="128",
+                    help="batch sizes for --full, comma-separated (128 is Step 6's own recipe; "
+                         "others scale OneCycle's peak linearly)")
+    ap.add_argument("--full-child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--write-readme", action="store_true",
                     help="put the table into README.md between its bench markers")
     a = ap.parse_args()
     mnist = data.load()
-    if a.full_child:
+    if a.full_child is not None:
         import json
-        print(json.dumps(full_run(mnist)))
+        print(json.dumps(full_run(mnist, a.full_child)))
         return
     print(f"machine: {machine()}")
     peak32, peak16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
@@ -263,11 +273,16 @@ def main() -> None:
     if a.ablate:
         rows += ablations(mnist, a.batches, a.reps)
     if a.full:
-        print("full Step 6 run, 15 epochs:")
-        f = full_run_in_child()
-        rows += [("Step 6, 15 epochs, train + test every epoch", f"{f['wall_s']:.0f} s"),
-                 ("test accuracy, last 3 epochs", " / ".join(f"{v:.2f}" for v in f["last3"])),
-                 ("peak resident memory of that run (its own process)", f"{f['rss_mib']:.0f} MiB")]
+        for bs in (int(b) for b in a.full_batches.split(",")):
+            r = full_recipe(bs)
+            what = "Step 6's recipe" if bs == STEP.recipe.batch_size else (
+                f"batch {bs}, OneCycle peak {r.max_lr:g}")
+            print(f"full Step 6 run, 15 epochs, {what}:")
+            f = full_run_in_child(bs)
+            rows += [(f"Step 6, 15 epochs, train + test every epoch ({what})", f"{f['wall_s']:.0f} s"),
+                     ("test accuracy, last 3 epochs", " / ".join(f"{v:.2f}" for v in f["last3"])),
+                     ("peak resident memory of that run (its own process)",
+                      f"{f['rss_mib']:.0f} MiB")]
     width = max(len(k) for k, _ in rows)
     table = [f"| {'measure':<{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
     table += [f"| {k:<{width}} | {v} |" for k, v in rows]

@@ -27,8 +27,7 @@ class Dropout(nn.Dropout):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (not self.training or self.p == 0 or x.device.type != "cpu"
-                or torch.compiler.is_compiling()):  # compiled: inductor's own fused RNG
+        if not self.training or self.p == 0 or x.device.type != "cpu":
             return F.dropout(x, self.p, self.training)
         n = x.numel()
         hits = int(torch.poisson(torch.tensor(-n * math.log1p(-self.p), dtype=torch.float64)))
