@@ -29,6 +29,7 @@ def ladder(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedPr
     (["run", "step6", "--device", "tpu"], "unknown device"),
     (["run", "step6", "--precision", "fp8"], "unknown precision"),
     (["summary", "nope"], "unknown step"),
+    (["run", "step7.nope"], "variants: step7."),
     (["show", "no-such-run"], "no "),
 ])
 def test_bad_input_is_one_line_nonzero_and_writes_nothing(tmp_path: Path, args, message) -> None:
@@ -112,6 +113,15 @@ def test_sigkill_mid_run_resumes_without_duplicated_epochs(tmp_path: Path, mnist
     assert con.execute("SELECT status FROM runs").fetchone()[0] == "finished"
     again = ladder("run", "--resume", run_id, cwd=tmp_path)
     assert again.returncode == 2 and "already finished" in again.stderr
+
+
+def test_variant_design_run_never_sees_the_test_set(tmp_path: Path, mnist) -> None:
+    r = ladder("run", "step7.no-ema", "--val-only", "--epochs", "1", "--train-limit", "1000",
+               "--eval-limit", "300", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "best val" in r.stdout and " test " not in r.stdout.split("epoch  1/1")[1]
+    runs = ladder("runs", cwd=tmp_path)
+    assert "step7.no-ema-s1" in runs.stdout and "val-only" in runs.stdout
 
 
 def test_ladder_runs_steps_by_seeds_in_parallel_and_skips_finished(tmp_path: Path, mnist) -> None:

@@ -109,10 +109,11 @@ STEP = Step(
         "for a fraction of a full 3x3 convolution's weights.",
         "The recipe is what a small network needs: no dropout (it under-fits already), milder "
         "augmentation, a OneCycle schedule with a higher peak and Nesterov momentum, and an "
-        "exponential moving average of the weights that steadies the last epochs.",
+        "exponential moving average of the weights, meant to steady the last epochs (compare "
+        "`step7.no-ema` below: at this size it is not what limits accuracy).",
         "What the design runs below say: at this size, parameters are what is missing. Step 6's "
         "network under the same recipe is the one clear step up; spending the same ~4,000 "
-        "parameters differently (padding and two pools, full 3x3 only, wider or earlier "
+        "parameters differently (full 3x3 only, wider or earlier "
         "separable blocks, BatchNorm after depthwise, dropout, batch 64, a higher peak LR) "
         "moves validation accuracy by about the spread between seeds; label smoothing and "
         "dropping augmentation cost accuracy, and Step 6's own recipe costs most.",
