@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 import torch
 
 from . import family
@@ -133,8 +134,13 @@ def storage(url: str, heartbeat: int = 10) -> optuna.storages.RDBStorage:
                     {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {})})
         except Exception as e:
             text = str(e)
-            if ("duplicate key" in text or "already exists" in text) and attempt < 4:
-                time.sleep(0.5 + attempt)  # two workers creating the tables at once
+            # Workers starting together race to create the tables ("already exists", "duplicate
+            # key") or find SQLite locked by the other's migration: both pass on a retry.
+            racing = ("duplicate key" in text or "already exists" in text or "locked" in text
+                      or "no such table" in text
+                      or isinstance(e, sqlalchemy.exc.DBAPIError | optuna.exceptions.StorageInternalError))
+            if racing and attempt < 4:
+                time.sleep(0.5 + attempt)
                 continue
             first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
             raise SweepError(f"cannot use storage {redact(url)}: {first}") from None
