@@ -19,25 +19,21 @@ def block(cin: int, cout: int, k: int = 3, padding: int = 0) -> Conv:
     return Conv(cin, cout, k, order="cbr", padding=padding)
 
 
-def build() -> nn.Module:
+def build(widths: tuple[int, ...] = (8, 16, 8, 12, 20, 24)) -> nn.Module:
+    """Step 7's network; `widths` = the two convolutions, the transition, the full 3x3 and
+    the two separable blocks (Step 8 and the variants reuse it wider)."""
+    c1, c2, t, c3, s1, s2 = widths
     return Net(
-        block(1, 8),  # 26, RF 3
-        block(8, 16),  # 24, RF 5
+        block(1, c1),  # 26, RF 3
+        block(c1, c2),  # 24, RF 5
         nn.MaxPool2d(2),  # 12, RF 6
-        Conv(16, 8, 1),  # 12: plain 1x1 transition, as in Step 6
-        block(8, 12),  # 10, RF 10
-        separable(12, 20, padding=0),  # 8, RF 14
-        separable(20, 24, padding=0),  # 6, RF 18
+        Conv(c2, t, 1),  # 12: plain 1x1 transition, as in Step 6
+        block(t, c3),  # 10, RF 10
+        separable(c3, s1, padding=0),  # 8, RF 14
+        separable(s1, s2, padding=0),  # 6, RF 18
         nn.AdaptiveAvgPool2d(1),
-        Conv(24, 10, 1),
+        Conv(s2, 10, 1),
     )
-
-
-def build_wider() -> nn.Module:
-    return Net(
-        block(1, 8), block(8, 16), nn.MaxPool2d(2), Conv(16, 8, 1), block(8, 12),
-        separable(12, 24, padding=0), separable(24, 28, padding=0),
-        nn.AdaptiveAvgPool2d(1), Conv(28, 10, 1))
 
 
 def build_bn_after_depthwise() -> nn.Module:
@@ -128,7 +124,8 @@ STEP = Step(
                 build=step6_lr_scheduler.build),
         Variant("padded-two-pools", "padded 28x28/14x14 maps, two pools, four separable blocks",
                 build=build_padded_two_pools),
-        Variant("wider", "the separable blocks wider: 24 and 28 channels", build=build_wider),
+        Variant("wider", "the separable blocks wider: 24 and 28 channels",
+                build=lambda: build((8, 16, 8, 12, 24, 28))),
         Variant("batch64", "batch size 64 instead of 128",
                 recipe=dataclasses.replace(RECIPE, batch_size=64)),
         Variant("light-augment", "half the augmentation: ±5°, ±5% shift, scale 0.95-1.05",
