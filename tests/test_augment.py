@@ -81,3 +81,33 @@ def test_output_stays_a_valid_image_and_labels_are_untouched(mnist) -> None:
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
     # label-preserving: the digit keeps most of its ink (not shifted or scaled off the canvas)
     assert (out.sum(dim=(1, 2, 3)) / x.sum(dim=(1, 2, 3))).min() > 0.4
+
+
+def test_elastic_field_is_smooth_bounded_and_moves_ink(mnist) -> None:
+    cfg = Augment(elastic=2.0, elastic_grid=4)
+    p = sample_params(cfg, 64, torch.Generator().manual_seed(4))
+    assert p["field"].abs().max() <= cfg.elastic
+    d = augment_displacement_pixels(p["field"])
+    # bicubic may overshoot its control points a little, never by much
+    assert d.abs().max() <= 1.3 * cfg.elastic and d.abs().max() > 0.5 * cfg.elastic
+    # smooth: neighbouring pixels move almost together
+    assert (d[:, :, 1:] - d[:, :, :-1]).abs().max() < cfg.elastic / 2
+    x = digits(mnist)
+    out = apply(x, cfg, {**sample_params(Augment(), 64, torch.Generator()), **p})
+    assert (out - x).abs().sum(dim=(1, 2, 3)).min() > 1.0  # every digit changed
+    ink = out.sum(dim=(1, 2, 3)) / x.sum(dim=(1, 2, 3))
+    # a deformation, not an erasure: local stretching changes ink, on average it is kept
+    assert (ink.mean() - 1).abs() < 0.05 and ink.min() > 0.6
+
+
+def test_elastic_is_drawn_only_when_used() -> None:
+    """Adding elastic to the code must not change the random stream of older recipes."""
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert "field" not in sample_params(SEED_AUGMENT, 8, g1)
+    sample_params(Augment(elastic=1.0), 8, g2)
+    assert not torch.equal(g1.get_state(), g2.get_state())
+
+
+def augment_displacement_pixels(field: torch.Tensor) -> torch.Tensor:
+    from mnist_ladder.augment import displacement
+    return displacement(field, 28, 28) * 14  # normalized units -> pixels

@@ -78,3 +78,14 @@ def test_crafted_checkpoint_is_refused(tmp_path: Path) -> None:
 def test_code_hash_is_stable() -> None:
     assert experiment.code_hash() == experiment.code_hash()
     assert len(experiment.code_hash()) == 16
+
+
+def test_a_recipe_stored_before_a_field_was_added_still_matches() -> None:
+    recipe = steps.get("step6").recipe
+    stored = recipe.to_dict()
+    for name in ("elastic", "elastic_grid"):  # fields added in session 3
+        del stored["augment"][name]
+    assert recipe.matches(stored)
+    assert not recipe.matches({**stored, "epochs": 5})
+    assert not recipe.matches({**stored, "a_field_since_removed": 1})
+    assert not steps.get("step5").recipe.matches(stored)

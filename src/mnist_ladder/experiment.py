@@ -195,7 +195,7 @@ def run_task(task: Task) -> tuple[str, str]:
     from .data import load
     torch.set_num_threads(task.threads)
     with Store(task.db) as store:
-        key = (task.spec.step, task.spec.seed, task.spec.protocol, task.spec.recipe.to_dict(),
+        key = (task.spec.step, task.spec.seed, task.spec.protocol, task.spec.recipe,
                code_hash())
         if done := store.find_finished(*key):
             return done.id, "skipped (already finished with this recipe and code)"

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from . import steps
-from .store import RunRow, Store, StoreError, canonical
+from .store import RunRow, Store, StoreError
 from .summary import summary_table
 
 TARGET = 99.4
@@ -102,7 +102,7 @@ def gather(store: Store, skipped: list[str]) -> dict[tuple[str, str], StepResult
         if ":" in row.protocol:
             skipped.append(f"{row.id}: trained on a data subset ({row.protocol})")
             continue
-        if row.recipe != canonical(steps.get(row.step).recipe.to_dict()):
+        if not steps.get(row.step).recipe.matches(row.recipe):
             skipped.append(f"{row.id}: recipe differs from {row.step}'s (e.g. --epochs)")
             continue
         if row.params != steps.get(row.step).params:
@@ -157,7 +157,7 @@ def gather_tried(store: Store, skipped: list[str]) -> dict[str, list[Tried]]:
             continue
         if row.effective_status != "finished":
             skipped.append(f"{row.id}: {row.effective_status}, not finished")
-        elif row.recipe != canonical(step.recipe.to_dict()) or row.params != step.params:
+        elif not step.recipe.matches(row.recipe) or row.params != step.params:
             skipped.append(f"{row.id}: model or recipe differs from {row.step}'s current "
                            "definition")
         else:

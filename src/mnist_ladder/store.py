@@ -11,6 +11,10 @@ import sqlite3
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .steps.base import Recipe
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -177,20 +181,18 @@ class Store:
         cur = self.db.execute("SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,))
         return [dict(r) for r in cur]
 
-    def find_finished(self, step: str, seed: int, protocol: str, recipe: dict,
+    def find_finished(self, step: str, seed: int, protocol: str, recipe: Recipe,
                       code_hash: str) -> RunRow | None:
-        recipe = canonical(recipe)
         for r in self.runs(step):
-            if (r.seed, r.protocol, r.recipe, r.code_hash, r.status) == (
-                    seed, protocol, recipe, code_hash, "finished"):
+            if (r.seed, r.protocol, r.code_hash, r.status) == (
+                    seed, protocol, code_hash, "finished") and recipe.matches(r.recipe):
                 return r
         return None
 
-    def find_resumable(self, step: str, seed: int, protocol: str, recipe: dict,
+    def find_resumable(self, step: str, seed: int, protocol: str, recipe: Recipe,
                        code_hash: str) -> RunRow | None:
-        recipe = canonical(recipe)
         for r in reversed(self.runs(step)):
-            if (r.seed, r.protocol, r.recipe, r.code_hash) == (seed, protocol, recipe, code_hash) \
-                    and r.effective_status == "interrupted":
+            if (r.seed, r.protocol, r.code_hash) == (seed, protocol, code_hash) \
+                    and r.effective_status == "interrupted" and recipe.matches(r.recipe):
                 return r
         return None

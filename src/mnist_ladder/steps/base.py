@@ -33,10 +33,19 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict) -> Recipe:
+        """Fields added since `d` was stored take their defaults."""
         d = dict(d)
         aug = d.pop("augment", {}) or {}
         aug["scale"] = tuple(aug.get("scale", (1.0, 1.0)))
         return cls(**d, augment=Augment(**aug))
+
+    def matches(self, stored: dict) -> bool:
+        """Whether a recipe read back from the store is this one. Compared as recipes, not as
+        JSON, so that runs stored before a field was added still match."""
+        try:
+            return Recipe.from_dict(stored) == self
+        except (TypeError, ValueError):  # a field this version no longer has
+            return False
 
 
 @dataclass(frozen=True)

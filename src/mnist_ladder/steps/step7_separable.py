@@ -9,7 +9,7 @@ import dataclasses
 
 from torch import nn
 
-from ..augment import Augment
+from ..augment import SEED_AUGMENT, Augment
 from ..models import Conv, Dropout, Net, separable
 from . import step6_lr_scheduler
 from .base import Recipe, Step, Variant
@@ -149,5 +149,11 @@ STEP = Step(
         Variant("separable-all", "every convolution after the first separable; width after the "
                 "pool 24, 32, 36", build=build_separable_all),
         Variant("all-full", "full 3x3 convolutions only, narrower", build=build_all_full),
+        Variant("elastic", "elastic distortion added: ±1.5 px at 4x4 control points",
+                recipe=dataclasses.replace(RECIPE, augment=dataclasses.replace(AUGMENT, elastic=1.5))),
+        Variant("elastic-strong", "elastic distortion ±2.5 px at 4x4 control points",
+                recipe=dataclasses.replace(RECIPE, augment=dataclasses.replace(AUGMENT, elastic=2.5))),
+        Variant("seed-augment", "the seed's augmentation (rotation, shear, scale 0.8-1.2, colour "
+                "jitter) with this recipe", recipe=dataclasses.replace(RECIPE, augment=SEED_AUGMENT)),
     ),
 )

@@ -1,9 +1,10 @@
 """Beyond the seed: 99.5 under 8,000 parameters, the Step 7 design made wider."""
 
+
 from torch import nn
 
 from . import step7_separable
-from .base import Step
+from .base import Step, Variant
 
 
 def build() -> nn.Module:
@@ -27,4 +28,10 @@ STEP = Step(
         "layers, and Step 7's recipe.",
     ),
     params=7_322,
+    tried=(
+        Variant("elastic", "elastic distortion added: ±1.5 px at 4x4 control points",
+                recipe=step7_separable.STEP.variant("elastic").recipe),
+        Variant("seed-augment", "the seed's augmentation with this recipe",
+                recipe=step7_separable.STEP.variant("seed-augment").recipe),
+    ),
 )
