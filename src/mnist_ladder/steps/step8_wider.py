@@ -31,6 +31,8 @@ STEP = Step(
     tried=(
         Variant("elastic", "elastic distortion added: ±1.5 px at 4x4 control points",
                 recipe=step7_separable.STEP.variant("elastic").recipe),
+        Variant("spatial-head", "a learned 6x6 weighting per class instead of GAP",
+                build=lambda: step7_separable.build_spatial_head((10, 20, 12, 20, 32, 40))),
         Variant("seed-augment", "the seed's augmentation with this recipe",
                 recipe=step7_separable.STEP.variant("seed-augment").recipe),
     ),
