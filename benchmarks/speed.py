@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mnist_ladder import data, steps
 from mnist_ladder import train as T
-from mnist_ladder.augment import SEED_AUGMENT
+from mnist_ladder.augment import SEED_AUGMENT, Augment
 from mnist_ladder.data import MEAN, STD
 
 STEP = steps.get("step6")
@@ -64,15 +64,18 @@ def flops_per_image() -> int:
 
 def ours_images_per_s(mnist: data.MNIST, batches: int, *, batch_size: int = 128,
                       channels_last: bool = True, amp: bool | None = None,
-                      threads: int | None = None, compile_model: bool = False) -> float:
-    """Training throughput (augmentation + forward + backward + step), one partial epoch."""
+                      threads: int | None = None, compile_model: bool = False,
+                      augment: bool = True) -> float:
+    """Training throughput (augmentation + forward + backward + step), one partial epoch;
+    `augment=False` times the model's steps alone."""
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     device = torch.device("cpu")
     amp = T.pick_amp("auto", device) if amp is None else amp
     d = T.prepare(mnist, device, train_limit=batch_size * batches)
-    recipe = dataclasses.replace(STEP.recipe, batch_size=batch_size, epochs=3)
+    recipe = dataclasses.replace(STEP.recipe, batch_size=batch_size, epochs=3,
+                                 **({} if augment else {"augment": Augment()}))
     st = T.new_state(STEP, recipe, d, 1, device)
     if not channels_last:
         st.model.to(memory_format=torch.contiguous_format)
@@ -255,6 +258,7 @@ def main() -> None:
     flops = flops_per_image()
     ours = median_rate(lambda: ours_images_per_s(mnist, a.batches), a.reps)
     seed = median_rate(lambda: seed_images_per_s(mnist, a.batches // 3), a.reps)
+    model_only = median_rate(lambda: ours_images_per_s(mnist, a.batches, augment=False), a.reps)
     ev = eval_images_per_s(mnist)
     achieved = ours * flops / 1e9
     amp = T.pick_amp("auto", torch.device("cpu"))
@@ -263,6 +267,10 @@ def main() -> None:
         ("train images/s, ours (batched aug, in memory)", f"{ours:,.0f}"),
         ("train images/s, seed's per-image PIL pipeline", f"{seed:,.0f}"),
         ("ratio ours / per-image", f"{ours / seed:.1f}x"),
+        ("train images/s, ours without augmentation (the model's steps alone)",
+         f"{model_only:,.0f}"),
+        ("ceiling on the ratio with free augmentation (model alone / per-image)",
+         f"{model_only / seed:.1f}x"),
         ("eval images/s", f"{ev:,.0f}"),
         ("precision", "bf16 autocast" if amp else "fp32"),
         ("model FLOPs per image, forward + backward", f"{flops / 1e6:.2f} M"),
