@@ -87,11 +87,12 @@ def build_padded_two_pools() -> nn.Module:
         separable(20, 28), separable(28, 28), nn.AdaptiveAvgPool2d(1), Conv(28, 10, 1))
 
 
-def build_all_full() -> nn.Module:
-    """Step 6's shape with full 3x3 convolutions only, narrowed to fit 4,000."""
+def build_all_full(widths: tuple[int, ...] = (8, 10, 8, 10, 10, 12)) -> nn.Module:
+    """Step 6's shape with full 3x3 convolutions only (narrowed to fit 4,000 by default)."""
+    c1, c2, t, c3, c4, c5 = widths
     return Net(
-        block(1, 8), block(8, 10), nn.MaxPool2d(2), Conv(10, 8, 1),
-        block(8, 10), block(10, 10), block(10, 12), nn.AdaptiveAvgPool2d(1), Conv(12, 10, 1))
+        block(1, c1), block(c1, c2), nn.MaxPool2d(2), Conv(c2, t, 1),
+        block(t, c3), block(c3, c4), block(c4, c5), nn.AdaptiveAvgPool2d(1), Conv(c5, 10, 1))
 
 
 AUGMENT = Augment(degrees=10, translate=0.1, scale=(0.9, 1.1))

@@ -33,6 +33,9 @@ STEP = Step(
                 recipe=step7_separable.STEP.variant("elastic").recipe),
         Variant("spatial-head", "a learned 6x6 weighting per class instead of GAP",
                 build=lambda: step7_separable.build_spatial_head((10, 20, 12, 20, 32, 40))),
+        Variant("full-back", "full 3x3 convolutions after the pool instead of separable ones "
+                "(8, 16 | 8 | 12, 16, 20 channels)",
+                build=lambda: step7_separable.build_all_full((8, 16, 8, 12, 16, 20))),
         Variant("seed-augment", "the seed's augmentation with this recipe",
                 recipe=step7_separable.STEP.variant("seed-augment").recipe),
     ),
