@@ -11,6 +11,15 @@ def build() -> nn.Module:
     return step7_separable.build((10, 20, 12, 20, 32, 40))
 
 
+def build_silu() -> nn.Module:
+    model = build()
+    for module in model.modules():
+        for name, child in module.named_children():
+            if isinstance(child, nn.ReLU):
+                setattr(module, name, nn.SiLU())
+    return model
+
+
 STEP = Step(
     name="step8",
     title="Step 7 made wider: 99.5 under 8,000 parameters",
@@ -36,6 +45,7 @@ STEP = Step(
         Variant("full-back", "full 3x3 convolutions after the pool instead of separable ones "
                 "(8, 16 | 8 | 12, 16, 20 channels)",
                 build=lambda: step7_separable.build_all_full((8, 16, 8, 12, 16, 20))),
+        Variant("silu", "SiLU instead of ReLU everywhere", build=build_silu),
         Variant("seed-augment", "the seed's augmentation with this recipe",
                 recipe=step7_separable.STEP.variant("seed-augment").recipe),
     ),
