@@ -26,6 +26,7 @@ def ladder(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedPr
     (["run", "step6", "--epochs", "0"], "must be positive"),
     (["run", "step6", "--seed", "-1"], "a seed is 0 or more"),
     (["run", "step6", "--batch-size", "-5"], "must be positive"),
+    (["run", "step6", "--threads", "0"], "must be positive"),
     (["run", "step6", "--device", "tpu"], "unknown device"),
     (["run", "step6", "--precision", "fp8"], "unknown precision"),
     (["summary", "nope"], "unknown step"),
@@ -60,8 +61,9 @@ def test_list_and_summary(capsys) -> None:
 
 def test_run_writes_metrics_weights_and_store(tmp_path: Path, mnist) -> None:
     r = ladder("run", "step6", "--epochs", "2", "--train-limit", "2000", "--eval-limit", "1000",
-               "--seed", "5", cwd=tmp_path)
+               "--seed", "5", "--threads", "1", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert "CPU threads: 1)" in r.stdout
     assert "epoch  2/2" in r.stdout and "total parameters: 6,720" in r.stdout
     (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     metrics = json.loads((run_dir / "metrics.json").read_text())

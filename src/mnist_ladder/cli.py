@@ -82,6 +82,8 @@ def _device_and_amp(a: argparse.Namespace) -> tuple[torch.device, bool]:
 
 def cmd_run(a: argparse.Namespace) -> int:
     device, amp = _device_and_amp(a)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     with Store(a.db) as store:
         resume = None
         if a.resume:
@@ -113,7 +115,8 @@ def cmd_run(a: argparse.Namespace) -> int:
                              eval_limit=a.eval_limit, test=not a.val_only)
         model = step.build()
         print(f"{step.name}: {step.title}  ({count_parameters(model):,} parameters, "
-              f"device {device}, {'bf16 autocast' if amp else 'fp32'})")
+              f"device {device}, {'bf16 autocast' if amp else 'fp32'}"
+              + (f", CPU threads: {torch.get_num_threads()})" if device.type == "cpu" else ")"))
         print(summary_table(model))
         mnist = data.load(a.data_dir, a.idx_dir)
         row = execute(spec, mnist, store, a.out, device=device, amp=amp, resume=resume)
@@ -305,6 +308,9 @@ def build_parser() -> Parser:
     train_opts.add_argument("--precision", default="auto",
                             help="auto | bf16 | off (auto: bf16 where the hardware has it)")
     train_opts.add_argument("--out", type=Path, default=Path("runs"), help="run folders go here")
+    train_opts.add_argument("--threads", type=positive_int,
+                            help="CPU threads (ladder: per job; default: the CPU's threads, "
+                                 "shared among the jobs)")
     train_opts.add_argument("--val", action="store_true",
                             help="validation protocol: train on 50,000, select on the last 10,000")
     train_opts.add_argument("--val-only", action="store_true",
@@ -345,8 +351,6 @@ def build_parser() -> Parser:
                    help="a count (5 = seeds 1..5) or a list (1,2,3); default 3")
     s.add_argument("--jobs", type=positive_int, default=1,
                    help="parallel processes, each with its share of the CPU threads")
-    s.add_argument("--threads", type=positive_int,
-                   help="CPU threads per job (default: the CPU's threads shared among the jobs)")
     s.add_argument("--no-report", dest="report", action="store_false")
     s.add_argument("--epochs", type=positive_int,
                    help="override every step's epochs (quick checks; the report keeps to the "
