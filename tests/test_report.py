@@ -111,3 +111,24 @@ def test_missing_or_broken_store_still_renders(tmp_path: Path) -> None:
     bad.write_bytes(b"this is not a database" * 100)
     text = write_report(bad, tmp_path / "REPORT2.md", None)[0].read_text()
     assert "## Skipped" in text and "results store" in text
+
+
+def cells(line: str) -> int:
+    return len(re.findall(r"(?<!\\)\|", line)) - 1
+
+
+def test_every_table_row_has_its_header_s_cells(tmp_path: Path) -> None:
+    db = make_store(tmp_path)
+    with Store(db) as store:  # its description has '|' in it
+        add_run(store, tmp_path, "step8.full-back-s1", "step8.full-back", 1, 99.4,
+                protocol="val-only", weights=False)
+    text = write_report(db, tmp_path / "REPORT.md", None)[0].read_text()
+    assert "`step8.full-back`" in text
+    header = None
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            header = None
+        elif header is None:
+            header = cells(line)
+        else:
+            assert cells(line) == header, line

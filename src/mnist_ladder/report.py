@@ -138,7 +138,8 @@ class Tried:
         last = [statistics.fmean(c[-LAST:]) for c in self.curves]
         holding = sum(all(v >= TARGET for v in c[-LAST:]) for c in self.curves)
         delta = "-" if reference is None or self.step.parent is None else f"{self.final - reference:+.2f}"
-        return (f"| `{self.step.name}` | {self.change} | {self.step.params:,} | {n} | "
+        change = self.change.replace("|", "\\|")  # a table cell: a bare | would split it
+        return (f"| `{self.step.name}` | {change} | {self.step.params:,} | {n} | "
                 f"{fmt(self.final, statistics.pstdev(finals), n)} "
                 f"({min(finals):.2f}) | {delta} | {statistics.fmean(last):.2f} | {holding}/{n} |")
 
