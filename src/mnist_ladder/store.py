@@ -57,11 +57,6 @@ def default_db_path() -> Path:
     return Path(os.environ.get("MNIST_LADDER_DB", "runs/ladder.db"))
 
 
-def canonical(d: dict) -> dict:
-    """A recipe as it reads back from the store (tuples become lists): compare these."""
-    return json.loads(json.dumps(d, sort_keys=True))
-
-
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 

@@ -8,9 +8,11 @@ from ..augment import SEED_AUGMENT
 from . import step7_separable
 from .base import Step, Variant
 
+WIDTHS = (10, 20, 12, 20, 32, 40)  # Step 7's layers, wider
+
 
 def build() -> nn.Module:
-    return step7_separable.build((10, 20, 12, 20, 32, 40))
+    return step7_separable.build(WIDTHS)
 
 
 def build_silu() -> nn.Module:
@@ -48,7 +50,7 @@ STEP = Step(
         Variant("elastic", "elastic distortion added: ±1.5 px at 4x4 control points",
                 recipe=step7_separable.STEP.variant("elastic").recipe),
         Variant("spatial-head", "a learned 6x6 weighting per class instead of GAP",
-                build=lambda: step7_separable.build_spatial_head((10, 20, 12, 20, 32, 40))),
+                build=lambda: step7_separable.build_spatial_head(WIDTHS)),
         Variant("full-back", "full 3x3 convolutions after the pool instead of separable ones "
                 "(8, 16 | 8 | 12, 16, 20 channels)",
                 build=lambda: step7_separable.build_all_full((8, 16, 8, 12, 16, 20))),
