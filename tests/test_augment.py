@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -111,3 +112,14 @@ def test_elastic_is_drawn_only_when_used() -> None:
 def augment_displacement_pixels(field: torch.Tensor) -> torch.Tensor:
     from mnist_ladder.augment import displacement
     return displacement(field, 28, 28) * 14  # normalized units -> pixels
+
+
+def test_resampling_in_parts_gives_the_images_of_one_pass(mnist) -> None:
+    # The parts only bound memory: parameters are drawn once, so the result must not depend
+    # on the part size (and an epoch's augmentations stay those of earlier versions).
+    x = digits(mnist, 100)
+    cfg = dataclasses.replace(SEED_AUGMENT, elastic=1.5)
+    whole = augment(x, cfg, torch.Generator().manual_seed(3), apply_chunk=1000)
+    parts = augment(x, cfg, torch.Generator().manual_seed(3), apply_chunk=7)
+    assert torch.equal(whole, parts)
+    assert not torch.equal(whole, x)

@@ -158,10 +158,12 @@ def train(model: nn.Module, data: DeviceData, optimizer: torch.optim.Optimizer,
     n, device, batch_size = len(data.train_y), data.train_y.device, recipe.batch_size
     # The epoch's images, shuffled, augmented and normalized in a few large chunks: batches are
     # then plain slices, and per-batch work is only the model's.
+    # Written chunk by chunk into one buffer: concatenating would hold the epoch twice at peak.
     order = torch.randperm(n, generator=generator, device=device)
-    x_epoch = torch.cat([
-        normalize(aug.augment(to_unit(data.train_x[idx]), recipe.augment, generator))
-        for idx in order.split(EPOCH_CHUNK)])
+    x_epoch = torch.empty(n, 1, 28, 28, device=device)
+    for start, idx in zip(range(0, n, EPOCH_CHUNK), order.split(EPOCH_CHUNK), strict=True):
+        x_epoch[start:start + len(idx)] = normalize(
+            aug.augment(to_unit(data.train_x[idx]), recipe.augment, generator))
     y_epoch = data.train_y[order]
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)

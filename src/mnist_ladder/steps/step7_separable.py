@@ -95,9 +95,27 @@ def build_all_full(widths: tuple[int, ...] = (8, 10, 8, 10, 10, 12)) -> nn.Modul
         block(t, c3), block(c3, c4), block(c4, c5), nn.AdaptiveAvgPool2d(1), Conv(c5, 10, 1))
 
 
+def build_pool_later(widths: tuple[int, ...] = (8, 8, 12, 8, 12, 20, 24)) -> nn.Module:
+    """Three 3x3 convolutions before the pool instead of two (RF 7 there, not 5): more work
+    at full resolution for few weights, paid for with narrower layers after it."""
+    c1, c2, c3, t, c4, s1, s2 = widths
+    return Net(
+        block(1, c1), block(c1, c2), block(c2, c3),  # 22, RF 7
+        nn.MaxPool2d(2),  # 11, RF 8
+        Conv(c3, t, 1),
+        block(t, c4),  # 9, RF 12
+        separable(c4, s1, padding=0),  # 7, RF 16
+        separable(s1, s2, padding=0),  # 5, RF 20
+        nn.AdaptiveAvgPool2d(1),
+        Conv(s2, 10, 1),
+    )
+
+
 AUGMENT = Augment(degrees=10, translate=0.1, scale=(0.9, 1.1))
 RECIPE = Recipe(optimizer="sgd", lr=0.004, momentum=0.9, nesterov=True, weight_decay=1e-4,
                 scheduler="onecycle", max_lr=0.1, pct_start=0.25, ema=0.998, augment=AUGMENT)
+
+ADAMW = dataclasses.replace(RECIPE, optimizer="adamw", lr=0.0004, max_lr=0.01, weight_decay=0.01)
 
 STEP = Step(
     name="step7",
@@ -167,5 +185,9 @@ STEP = Step(
                 recipe=dataclasses.replace(RECIPE, augment=dataclasses.replace(AUGMENT, elastic=1.5))),
         Variant("spatial-head", "a learned 6x6 weighting per class instead of GAP (1x1 to the "
                 "classes, then a depthwise 6x6)", build=build_spatial_head),
+        Variant("pool-later", "three 3x3 convolutions before the pool (8, 8, 12 channels), "
+                "narrower after it (8 | 12, 20, 24)", build=build_pool_later),
+        Variant("adamw", "AdamW (OneCycle peak 0.01, weight decay 0.01) instead of SGD",
+                recipe=ADAMW),
     ),
 )

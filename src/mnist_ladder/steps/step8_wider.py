@@ -58,5 +58,12 @@ STEP = Step(
         Variant("seed-augment", "the seed's augmentation (rotation, shear, scale 0.8-1.2, "
                 "colour jitter) with this recipe",
                 recipe=dataclasses.replace(step7_separable.RECIPE, augment=SEED_AUGMENT)),
+        Variant("pool-later", "three 3x3 convolutions before the pool (8, 12, 16 channels), "
+                "then 12 | 16, 30, 40: the same 7,322 parameters",
+                build=lambda: step7_separable.build_pool_later((8, 12, 16, 12, 16, 30, 40))),
+        Variant("max-width", "wider after the pool, to the budget: 10, 20 | 12 | 22, 34, 44 "
+                "(7,954 parameters)", build=lambda: step7_separable.build((10, 20, 12, 22, 34, 44))),
+        Variant("adamw", "AdamW (OneCycle peak 0.01, weight decay 0.01) instead of SGD",
+                recipe=step7_separable.ADAMW),
     ),
 )
