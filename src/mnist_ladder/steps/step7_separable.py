@@ -189,5 +189,9 @@ STEP = Step(
                 "narrower after it (8 | 12, 20, 24)", build=build_pool_later),
         Variant("adamw", "AdamW (OneCycle peak 0.01, weight decay 0.01) instead of SGD",
                 recipe=ADAMW),
+        Variant("adamw-light-decay", "AdamW with weight decay 0.001 (a tenth)",
+                recipe=dataclasses.replace(ADAMW, weight_decay=0.001)),
+        Variant("pool-later-adamw", "pool-later's network with AdamW",
+                build=build_pool_later, recipe=ADAMW),
     ),
 )

@@ -26,7 +26,7 @@ def build_silu() -> nn.Module:
 
 STEP = Step(
     name="step8",
-    title="Step 7 made wider: 99.5 under 8,000 parameters",
+    title="Step 7 made wider, under 8,000 parameters",
     target=(
         "Fewer than 8,000 parameters",
         "Mean final test accuracy ≥ 99.5 over 5 seeds",
@@ -65,5 +65,10 @@ STEP = Step(
                 "(7,954 parameters)", build=lambda: step7_separable.build((10, 20, 12, 22, 34, 44))),
         Variant("adamw", "AdamW (OneCycle peak 0.01, weight decay 0.01) instead of SGD",
                 recipe=step7_separable.ADAMW),
+        Variant("adamw-max-width", "AdamW, and max-width's network (7,954 parameters)",
+                build=lambda: step7_separable.build((10, 20, 12, 22, 34, 44)),
+                recipe=step7_separable.ADAMW),
+        Variant("adamw-peak-0.02", "AdamW with OneCycle peak 0.02",
+                recipe=dataclasses.replace(step7_separable.ADAMW, max_lr=0.02, lr=0.0008)),
     ),
 )
