@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -75,9 +76,18 @@ def test_crafted_checkpoint_is_refused(tmp_path: Path) -> None:
         experiment.load_checkpoint(path)
 
 
-def test_code_hash_is_stable() -> None:
-    assert experiment.code_hash() == experiment.code_hash()
-    assert len(experiment.code_hash()) == 16
+def test_code_hash_is_the_imported_sources_and_ignores_later_edits(tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    imported = experiment.code_hash()
+    assert imported == experiment._hash_sources()  # this tree, as imported
+    assert len(imported) == 16
+    copy = tmp_path / "mnist_ladder"
+    shutil.copytree(experiment.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(experiment, "PACKAGE_DIR", copy)
+    assert experiment._hash_sources() == experiment.code_hash()
+    (copy / "train.py").write_text((copy / "train.py").read_text() + "\n# edited mid-run\n")
+    assert experiment._hash_sources() != experiment.code_hash()  # an edit is a new version...
+    assert experiment.code_hash() == imported  # ...but not the one this process runs
 
 
 def test_a_recipe_stored_before_a_field_was_added_still_matches() -> None:

@@ -34,12 +34,21 @@ class RunError(RuntimeError):
     pass
 
 
-def code_hash() -> str:
-    """sha256 of the package's own sources: the code version a result came from."""
+def _hash_sources() -> str:
     h = hashlib.sha256()
     for p in sorted(PACKAGE_DIR.rglob("*.py")):
         h.update(p.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:16]
+
+
+# Read once, when the package is imported: the sources this process runs. Hashing the files at
+# each run's start would credit a long `ladder ladder` run to any edit made while it ran.
+_CODE_HASH = _hash_sources()
+
+
+def code_hash() -> str:
+    """sha256 of the package's own sources as imported: the code version a result came from."""
+    return _CODE_HASH
 
 
 def git_info() -> tuple[str | None, int | None]:

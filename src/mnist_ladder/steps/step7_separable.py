@@ -111,6 +111,15 @@ def build_pool_later(widths: tuple[int, ...] = (8, 8, 12, 8, 12, 20, 24)) -> nn.
     )
 
 
+def build_pool_later_separable(widths: tuple[int, ...] = (8, 8, 12, 12, 16, 24, 28)) -> nn.Module:
+    """pool-later with all three layers after the pool separable, wider for the same budget."""
+    c1, c2, c3, t, s0, s1, s2 = widths
+    return Net(
+        block(1, c1), block(c1, c2), block(c2, c3), nn.MaxPool2d(2), Conv(c3, t, 1),
+        separable(t, s0, padding=0), separable(s0, s1, padding=0), separable(s1, s2, padding=0),
+        nn.AdaptiveAvgPool2d(1), Conv(s2, 10, 1))
+
+
 AUGMENT = Augment(degrees=10, translate=0.1, scale=(0.9, 1.1))
 RECIPE = Recipe(optimizer="sgd", lr=0.004, momentum=0.9, nesterov=True, weight_decay=1e-4,
                 scheduler="onecycle", max_lr=0.1, pct_start=0.25, ema=0.998, augment=AUGMENT)
@@ -193,5 +202,10 @@ STEP = Step(
                 recipe=dataclasses.replace(ADAMW, weight_decay=0.001)),
         Variant("pool-later-adamw", "pool-later's network with AdamW",
                 build=build_pool_later, recipe=ADAMW),
+        Variant("pool-later-separable-adamw", "pool-later with separable layers after the pool, "
+                "wider (12 | 16, 24, 28), and AdamW", build=build_pool_later_separable,
+                recipe=ADAMW),
+        Variant("pool-later-adamw-light-augment", "pool-later-adamw with half the augmentation",
+                build=build_pool_later, recipe=dataclasses.replace(ADAMW, augment=AUGMENT.scaled(0.5))),
     ),
 )
