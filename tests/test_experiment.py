@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mnist_ladder import experiment, steps
-from mnist_ladder.store import Store
+from mnist_ladder.store import RunRow, Store
 
 CPU = torch.device("cpu")
 
@@ -99,3 +99,22 @@ def test_a_recipe_stored_before_a_field_was_added_still_matches() -> None:
     assert not recipe.matches({**stored, "epochs": 5})
     assert not recipe.matches({**stored, "a_field_since_removed": 1})
     assert not steps.get("step5").recipe.matches(stored)
+
+
+def test_resume_picks_the_interrupted_attempt_that_got_furthest(tmp_path: Path) -> None:
+    recipe = steps.get("step6").recipe
+
+    def attempt(store: Store, run_id: str, started: str, epochs: int) -> None:
+        store.add_run(RunRow(run_id, "step6", 1, "test", recipe.to_dict(), 6720, "c0de", None,
+                             None, "2.13.0", "cpu", 0, str(tmp_path / run_id), "host", 1,
+                             started, None, "interrupted", None))
+        for e in range(1, epochs + 1):
+            store.add_epoch(run_id, {"epoch": e, "test_acc": 98.0})
+
+    with Store(tmp_path / "ladder.db") as store:
+        attempt(store, "far", "2026-01-01T10:00:00", epochs=10)
+        attempt(store, "near", "2026-01-01T11:00:00", epochs=2)  # later, but behind
+        assert store.find_resumable("step6", 1, "test", recipe, "c0de").id == "far"
+        attempt(store, "farther", "2026-01-01T12:00:00", epochs=11)
+        assert store.find_resumable("step6", 1, "test", recipe, "c0de").id == "farther"
+        assert store.find_resumable("step6", 2, "test", recipe, "c0de") is None

@@ -186,8 +186,9 @@ class Store:
 
     def find_resumable(self, step: str, seed: int, protocol: str, recipe: Recipe,
                        code_hash: str) -> RunRow | None:
-        for r in reversed(self.runs(step)):
-            if (r.seed, r.protocol, r.code_hash) == (seed, protocol, code_hash) \
-                    and r.effective_status == "interrupted" and recipe.matches(r.recipe):
-                return r
-        return None
+        """The interrupted run of this configuration that got furthest (the latest if tied):
+        two attempts can both have been cut, and the shorter one must not win."""
+        found = [r for r in self.runs(step)
+                 if (r.seed, r.protocol, r.code_hash) == (seed, protocol, code_hash)
+                 and r.effective_status == "interrupted" and recipe.matches(r.recipe)]
+        return max(found, key=lambda r: (len(self.epochs(r.id)), r.started), default=None)
