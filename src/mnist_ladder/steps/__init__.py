@@ -13,12 +13,13 @@ from . import (
     step7_separable,
     step8_wider,
     step9_adamw,
+    step10_pool_later,
 )
 from .base import Recipe, SeedResults, Step, Variant
 
 _MODULES = (step0_basic_setup, step1_skeleton, step2_batchnorm, step3_dropout,
             step4_capacity, step5_augmentation, step6_lr_scheduler, step7_separable, step8_wider,
-            step9_adamw)
+            step9_adamw, step10_pool_later)
 STEPS: dict[str, Step] = {m.STEP.name: m.STEP for m in _MODULES}
 
 
