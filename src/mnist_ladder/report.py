@@ -303,16 +303,22 @@ def observations(res: StepResults, prev: StepResults | None) -> list[str]:
     else:
         out.append(f"Train and test accuracy are close ({train:.2f} vs {best:.2f}): "
                    "no clear over- or under-fitting.")
+    goal = res.step.mean_final_goal
+    if goal is not None:  # this step's target is a mean, not 99.4 held
+        out.append(f"Target {'met' if final >= goal else 'missed'}: mean final test accuracy "
+                   f"{final:.2f} over {n} seed(s), for a goal of ≥ {goal}.")
+    held = "Target met" if goal is None else f"{TARGET} held"
     holding = res.seeds_holding
     if holding == n:
-        out.append(f"Target met: test accuracy ≥ {TARGET} in each of the last {LAST} epochs "
+        out.append(f"{held}: test accuracy ≥ {TARGET} in each of the last {LAST} epochs "
                    f"for all {n} seed(s).")
     elif holding:
-        out.append(f"Target met by {holding} of {n} seeds (≥ {TARGET} in each of the last {LAST} "
+        out.append(f"{held} by {holding} of {n} seeds (≥ {TARGET} in each of the last {LAST} "
                    "epochs); not reliably held.")
     else:
         touched = sum(r.first_at_target is not None for r in res.runs)
-        out.append(f"Target missed: no seed holds {TARGET} over the last {LAST} epochs"
+        missed = "Target missed" if goal is None else f"{TARGET} not held"
+        out.append(f"{missed}: no seed holds {TARGET} over the last {LAST} epochs"
                    + (f" ({touched} of {n} touched it at least once)." if touched else "."))
     spread = statistics.fmean(max(r.series("test_acc")[-LAST:]) - min(r.series("test_acc")[-LAST:])
                               for r in res.runs)

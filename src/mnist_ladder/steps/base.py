@@ -78,6 +78,7 @@ class Step:
     analysis: tuple[str, ...]
     params: int  # pinned: a test checks the built model against it
     seed: SeedResults | None = None
+    mean_final_goal: float | None = None  # a target on the seeds' mean final test accuracy
     tried: tuple[Variant, ...] = ()  # alternatives compared on validation, shown in the report
     parent: str | None = None  # set on a variant: the step it varies
 
