@@ -118,3 +118,17 @@ def test_resume_picks_the_interrupted_attempt_that_got_furthest(tmp_path: Path) 
         attempt(store, "farther", "2026-01-01T12:00:00", epochs=11)
         assert store.find_resumable("step6", 1, "test", recipe, "c0de").id == "farther"
         assert store.find_resumable("step6", 2, "test", recipe, "c0de") is None
+
+
+def test_a_finished_run_s_weights_outlive_its_run_folder(tmp_path: Path, mnist) -> None:
+    from mnist_ladder import predict
+    store = Store(tmp_path / "l.db")
+    row = experiment.execute(spec(1, "step7"), mnist, store, tmp_path / "runs", device=CPU,
+                             amp=False, log=lambda s: None)
+    saved = (Path(row.run_dir) / "model.pt").read_bytes()
+    assert store.weights(row.id) == saved
+    shutil.rmtree(row.run_dir)  # a fresh clone has the store, not the run folders
+    restored = predict.resolve_run(row.id, store.path)
+    assert restored == Path(row.run_dir) / "model.pt" and restored.read_bytes() == saved
+    model, step = predict.load_model(restored)
+    assert step == "step7" and sum(p.numel() for p in model.parameters()) == row.params

@@ -28,6 +28,9 @@ from .train import EpochResult, TrainState, fit, new_state, prepare, save_atomic
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CHECKPOINT, WEIGHTS, CONFIG, METRICS = "checkpoint.pt", "model.pt", "config.json", "metrics.json"
+# Final weights up to this size also go into the results store, which is committed with the
+# project: every step's network (tens of kB) fits; Step 0's 25 MB baseline would bloat it.
+STORE_WEIGHTS_MAX_BYTES = 1 << 20
 
 
 class RunError(RuntimeError):
@@ -170,8 +173,22 @@ def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: to
         raise
     save_atomic({"step": spec.step, "arch": spec.arch, "params": count_parameters(state.model),
                  "state_dict": state.eval_model.state_dict()}, run_dir / WEIGHTS)
+    if (run_dir / WEIGHTS).stat().st_size <= STORE_WEIGHTS_MAX_BYTES:
+        store.put_weights(run_id, (run_dir / WEIGHTS).read_bytes())
     store.set_status(run_id, "finished", prior_seconds + time.perf_counter() - t0)
     return store.run(run_id)
+
+
+def weights_file(row: RunRow, store: Store) -> Path | None:
+    """A finished run's model.pt; restored from the results store when its run folder is
+    gone (the store travels with the project, run folders do not)."""
+    path = Path(row.run_dir) / WEIGHTS
+    if not path.is_file() and (data := store.weights(row.id)) is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return path if path.is_file() else None
 
 
 def load_checkpoint(path: Path) -> dict:

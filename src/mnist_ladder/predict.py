@@ -18,7 +18,7 @@ from torch import nn
 
 from . import steps
 from .data import MEAN, STD
-from .experiment import WEIGHTS, load_checkpoint
+from .experiment import WEIGHTS, load_checkpoint, weights_file
 from .store import Store, StoreError
 
 MAX_PIXELS = 40_000_000  # refused before decoding: a 20,000 x 20,000 image is 400M pixels
@@ -47,22 +47,22 @@ def resolve_run(run: str, db: Path | None = None) -> Path:
             if run == "best":
                 best = None
                 for r in store.runs("step6", status="finished"):
-                    if r.protocol != "test" or not (Path(r.run_dir) / WEIGHTS).is_file():
+                    if r.protocol != "test" or (weights := weights_file(r, store)) is None:
                         continue
                     final = store.epochs(r.id)[-1]["test_acc"]
                     if best is None or final > best[0]:
-                        best = (final, r)
+                        best = (final, weights)
                 if best is None:
                     raise PredictError("no finished step6 run with weights in the store; "
                                        "train one with `ladder run step6`")
-                return Path(best[1].run_dir) / WEIGHTS
+                return best[1]
             row = store.run(run)
+            weights = weights_file(row, store)
     except StoreError as e:
         raise PredictError(f"{run!r} is not a file, a run folder or a run id ({e})") from e
-    weights = Path(row.run_dir) / WEIGHTS
-    if not weights.is_file():
-        raise PredictError(f"run {row.id} has no weights at {weights} "
-                           f"(status {row.effective_status})")
+    if weights is None:
+        raise PredictError(f"run {row.id} has no weights at {Path(row.run_dir) / WEIGHTS} "
+                           f"nor in the store (status {row.effective_status})")
     return weights
 
 

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from . import steps
+from .experiment import weights_file
 from .store import RunRow, Store, StoreError
 from .summary import summary_table
 
@@ -216,10 +217,10 @@ def plot_curves(res: StepResults, path: Path) -> None:
     plt.close(fig)
 
 
-def predictions(run: SeedRun, images: torch.Tensor) -> torch.Tensor:
-    from .experiment import WEIGHTS, load_checkpoint
+def predictions(weights: Path, run: SeedRun, images: torch.Tensor) -> torch.Tensor:
+    from .experiment import load_checkpoint
     from .train import normalize, predict, to_unit
-    sd = load_checkpoint(Path(run.row.run_dir) / WEIGHTS)["state_dict"]
+    sd = load_checkpoint(weights)["state_dict"]
     model = steps.get(run.row.step).build()
     model.load_state_dict(sd)
     return predict(model, normalize(to_unit(images))).argmax(1)
@@ -334,7 +335,7 @@ def observations(res: StepResults, prev: StepResults | None) -> list[str]:
 
 
 def step_section(res: StepResults, prev: StepResults | None, figs: Path, rel: str,
-                 mnist_test: tuple[torch.Tensor, torch.Tensor] | None,
+                 mnist_test: tuple[torch.Tensor, torch.Tensor] | None, store: Store | None,
                  skipped: list[str], tried: list[Tried] | None = None) -> list[str]:
     s, n = res.step, len(res.runs)
     seeds = ", ".join(str(r.row.seed) for r in res.runs)
@@ -372,12 +373,12 @@ def step_section(res: StepResults, prev: StepResults | None, figs: Path, rel: st
     run = res.runs[0]
     if mnist_test is None:
         skipped.append(f"{tag}: misclassified digits and confusion matrix (MNIST not available)")
-    elif not (Path(run.row.run_dir) / "model.pt").is_file():
-        skipped.append(f"{tag}: misclassified digits and confusion matrix "
-                       f"(run folder {run.row.run_dir} is missing its model.pt)")
+    elif store is None or (weights := weights_file(run.row, store)) is None:
+        skipped.append(f"{tag}: misclassified digits and confusion matrix (no weights: run "
+                       f"folder {run.row.run_dir} is missing its model.pt, and the store has none)")
     else:
         images, labels = mnist_test
-        pred = predictions(run, images)
+        pred = predictions(weights, run, images)
         title = f"{s.name}, seed {run.row.seed}"
         wrong = plot_misclassified(pred, images, labels, title, figs / f"{tag}-misclassified.png")
         plot_confusion(pred, labels, title, figs / f"{tag}-confusion.png")
@@ -417,12 +418,21 @@ def write_report(db: Path, out: Path, mnist_test: tuple[torch.Tensor, torch.Tens
     skipped: list[str] = []
     try:
         with Store(db, create=False) as store:
-            grouped = gather(store, skipped)
-            tried = gather_tried(store, skipped)
-            runs_total = len(store.runs())
+            return _write(store, db, out, figs, mnist_test, skipped)
     except (StoreError, sqlite3.Error) as e:
         skipped.append(f"results store: {e}")
+        return _write(None, db, out, figs, mnist_test, skipped)
+
+
+def _write(store: Store | None, db: Path, out: Path, figs: Path,
+           mnist_test: tuple[torch.Tensor, torch.Tensor] | None,
+           skipped: list[str]) -> tuple[Path, list[str]]:
+    if store is None:
         grouped, tried, runs_total = {}, {}, 0
+    else:
+        grouped = gather(store, skipped)
+        tried = gather_tried(store, skipped)
+        runs_total = len(store.runs())
     order = {name: i for i, name in enumerate(steps.STEPS)}
     results = sorted(grouped.values(), key=lambda r: (order[r.step.name], r.protocol))
     lines = ["# MNIST ladder: report", "",
@@ -440,7 +450,7 @@ def write_report(db: Path, out: Path, mnist_test: tuple[torch.Tensor, torch.Tens
     prev_by_protocol: dict[str, StepResults] = {}
     for res in results:
         lines += step_section(res, prev_by_protocol.get(res.protocol), figs, "report", mnist_test,
-                              skipped, tried.pop(res.step.name, None) if res.protocol == "test"
+                              store, skipped, tried.pop(res.step.name, None) if res.protocol == "test"
                               else None)
         prev_by_protocol[res.protocol] = res
     missing = [s for s in steps.STEPS if s not in {r.step.name for r in results}]

@@ -46,6 +46,10 @@ CREATE TABLE IF NOT EXISTS epochs (
     val_loss REAL, val_acc REAL, seconds REAL,
     PRIMARY KEY (run_id, epoch)
 );
+CREATE TABLE IF NOT EXISTS weights (  -- a finished run's final model.pt, so that figures and
+    run_id TEXT PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,  -- predictions outlive
+    data BLOB NOT NULL                                              -- its run folder
+);
 """
 
 
@@ -54,7 +58,7 @@ class StoreError(RuntimeError):
 
 
 def default_db_path() -> Path:
-    return Path(os.environ.get("MNIST_LADDER_DB", "runs/ladder.db"))
+    return Path(os.environ.get("MNIST_LADDER_DB", "results/ladder.db"))
 
 
 def now() -> str:
@@ -143,6 +147,11 @@ class Store:
                 f"INSERT OR REPLACE INTO epochs ({', '.join(cols)}) "
                 f"VALUES ({', '.join('?' * len(cols))})", (run_id, *epoch.values()))
 
+    def put_weights(self, run_id: str, data: bytes) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO weights (run_id, data) VALUES (?, ?)",
+                            (run_id, data))
+
     def set_status(self, run_id: str, status: str, wall_seconds: float | None = None,
                    note: str | None = None) -> None:
         finished = now() if status != "running" else None
@@ -175,6 +184,10 @@ class Store:
     def epochs(self, run_id: str) -> list[dict]:
         cur = self.db.execute("SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,))
         return [dict(r) for r in cur]
+
+    def weights(self, run_id: str) -> bytes | None:
+        r = self.db.execute("SELECT data FROM weights WHERE run_id = ?", (run_id,)).fetchone()
+        return None if r is None else bytes(r["data"])
 
     def find_finished(self, step: str, seed: int, protocol: str, recipe: Recipe,
                       code_hash: str) -> RunRow | None:
