@@ -39,7 +39,10 @@ def machine() -> str:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
         else platform.processor()
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    # the model name alone ("AMD EPYC") hides what matters here: vector width and native bf16
+    isa = torch.backends.cpu.get_cpu_capability()
+    bf16 = "native bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no native bf16"
+    return f"{cpu} ({isa}, {bf16}), {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
