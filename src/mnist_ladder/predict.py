@@ -45,17 +45,14 @@ def resolve_run(run: str, db: Path | None = None) -> Path:
     try:
         with Store(db, create=False) as store:
             if run == "best":
-                best = None
-                for r in store.runs("step6", status="finished"):
-                    if r.protocol != "test" or (weights := weights_file(r, store)) is None:
-                        continue
-                    final = store.epochs(r.id)[-1]["test_acc"]
-                    if best is None or final > best[0]:
-                        best = (final, weights)
-                if best is None:
-                    raise PredictError("no finished step6 run with weights in the store; "
-                                       "train one with `ladder run step6`")
-                return best[1]
+                runs = [r for r in store.runs("step6", status="finished") if r.protocol == "test"]
+                runs.sort(key=lambda r: store.epochs(r.id)[-1]["test_acc"], reverse=True)
+                # only the winner's model.pt is restored from the store, not every candidate's
+                for r in runs:
+                    if (weights := weights_file(r, store)) is not None:
+                        return weights
+                raise PredictError("no finished step6 run with weights in the store; "
+                                   "train one with `ladder run step6`")
             row = store.run(run)
             weights = weights_file(row, store)
     except StoreError as e:
