@@ -86,6 +86,24 @@ def test_weight_average_is_what_is_evaluated(mnist) -> None:
     assert hist[0].test_acc > 35 and raw[0] > 35, (hist[0].test_acc, raw)
 
 
+def test_clean_last_epochs_train_on_unaugmented_images(mnist, monkeypatch) -> None:
+    seen: list[bool] = []  # per epoch: was augmentation asked for?
+    real = T.aug.augment
+
+    def spy(x, cfg, generator, **kw):
+        seen.append(cfg.geometric)
+        return real(x, cfg, generator, **kw)
+
+    monkeypatch.setattr(T.aug, "augment", spy)
+    data = T.prepare(mnist, CPU, train_limit=1_000, eval_limit=200)  # one chunk per epoch
+    recipe = short("step9", 3, clean_last=1)
+    assert recipe.augment.geometric
+    list(T.fit(steps.get("step9"), data, recipe, seed=1))
+    assert seen == [True, True, False]
+    with pytest.raises(ValueError, match="clean_last"):
+        short("step9", 3, clean_last=-1)
+
+
 def test_ema_warmup_follows_early_then_decays_slowly() -> None:
     upd = T.ema_update(0.99)
     ema, cur = [torch.zeros(1)], [torch.ones(1)]

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -313,8 +313,12 @@ def fit(step: Step, data: DeviceData, recipe: Recipe, *, seed: int = 1, amp: boo
     for epoch in range(len(state.history) + 1, recipe.epochs + 1):
         t0 = time.perf_counter()
         lr = state.optimizer.param_groups[0]["lr"]
+        # Augmentation stops for the last `clean_last` epochs: a small network that can no
+        # longer fit the distorted digits gets to fit the real ones while the LR anneals.
+        epoch_recipe = (recipe if epoch <= recipe.epochs - recipe.clean_last
+                        else replace(recipe, augment=aug.Augment()))
         train_loss, train_acc = train(state.model, data, state.optimizer, state.scheduler,
-                                      state.per_batch, recipe, state.generator, amp,
+                                      state.per_batch, epoch_recipe, state.generator, amp,
                                       desc=f"{step.name} epoch {epoch}/{recipe.epochs}",
                                       ema=state.ema)
         if state.scheduler is not None and not state.per_batch:

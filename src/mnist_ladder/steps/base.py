@@ -26,7 +26,12 @@ class Recipe:
     gamma: float = 0.1  # step
     label_smoothing: float = 0.0
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
+    clean_last: int = 0  # the last N epochs train on the images as they are, unaugmented
     augment: Augment = field(default_factory=Augment)
+
+    def __post_init__(self) -> None:
+        if self.clean_last < 0:
+            raise ValueError(f"clean_last must be >= 0, got {self.clean_last}")
 
     def to_dict(self) -> dict:
         return asdict(self)

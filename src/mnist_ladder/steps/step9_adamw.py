@@ -48,5 +48,9 @@ STEP = Step(
                 recipe=dataclasses.replace(RECIPE, batch_size=64)),
         Variant("light-augment", "half the augmentation: ±5°, ±5% shift, scale 0.95-1.05",
                 recipe=dataclasses.replace(RECIPE, augment=RECIPE.augment.scaled(0.5))),
+        Variant("clean-last-3", "no augmentation in the last 3 epochs",
+                recipe=dataclasses.replace(RECIPE, clean_last=3)),
+        Variant("label-smoothing", "label smoothing 0.1",
+                recipe=dataclasses.replace(RECIPE, label_smoothing=0.1)),
     ),
 )
