@@ -145,3 +145,19 @@ def test_a_mean_final_goal_is_judged_on_the_mean_not_on_99_4_held(tmp_path: Path
         in section
     assert "99.4 held by 1 of 3 seeds" in section  # the curves wobble below it near the end
     assert "Target met" not in section.split("### What was tried")[0]
+
+
+def test_what_a_step_says_it_tried_is_listed_even_without_runs(tmp_path: Path) -> None:
+    db = tmp_path / "runs" / "ladder.db"
+    with Store(db) as store:
+        add_run(store, tmp_path, "step9-s1", "step9", 1, 99.5, weights=False)
+        add_run(store, tmp_path, "step9.batch64-s1", "step9.batch64", 1, 99.3,
+                protocol="val-only", weights=False)
+    text = write_report(db, tmp_path / "REPORT.md", None)[0].read_text()
+    tried = text[text.index("## step9"):].split("### What was tried")[1]
+    assert "| `step9.batch64` | batch size 64" in tried and "| 1 | 99.30 (99.30)" in tried
+    absent = [v.name for v in steps.get("step9").tried if v.name != "batch64"]
+    for name in absent:
+        assert f"| `step9.{name}` |" in tried and "| 0 | not in this store |" in tried
+    assert f"{len(absent)} of these have no runs in this store" in tried
+    assert "## step7: design runs only" not in text  # no runs at all: no section

@@ -135,11 +135,14 @@ class Tried:
 
     def row(self, reference: float | None) -> str:
         n = len(self.curves)
+        change = self.change.replace("|", "\\|")  # a table cell: a bare | would split it
+        if n == 0:
+            return (f"| `{self.step.name}` | {change} | {self.step.params:,} | 0 | "
+                    "not in this store | - | - | - |")
         finals = [c[-1] for c in self.curves]
         last = [statistics.fmean(c[-LAST:]) for c in self.curves]
         holding = sum(all(v >= TARGET for v in c[-LAST:]) for c in self.curves)
         delta = "-" if reference is None or self.step.parent is None else f"{self.final - reference:+.2f}"
-        change = self.change.replace("|", "\\|")  # a table cell: a bare | would split it
         return (f"| `{self.step.name}` | {change} | {self.step.params:,} | {n} | "
                 f"{fmt(self.final, statistics.pstdev(finals), n)} "
                 f"({min(finals):.2f}) | {delta} | {statistics.fmean(last):.2f} | {holding}/{n} |")
@@ -174,20 +177,29 @@ def gather_tried(store: Store, skipped: list[str]) -> dict[str, list[Tried]]:
         change = step.title if step.parent else "**the step as defined**"
         tried = out.setdefault(parent, {}).setdefault(name, Tried(step, change))
         tried.curves.append([e["val_acc"] for e in epochs])
-    return {parent: sorted(t.values(), key=lambda t: (t.step.parent is not None, t.step.name))
+    for parent, step in steps.STEPS.items():  # what each step says it tried, run here or not
+        for v in step.tried:
+            name = f"{parent}.{v.name}"
+            out.setdefault(parent, {}).setdefault(name, Tried(steps.get(name), v.change))
+    return {parent: sorted(t.values(), key=lambda t: (t.step.parent is not None, not t.curves,
+                                                      t.step.name))
             for parent, t in out.items()}
 
 
 def tried_section(tried: list[Tried]) -> list[str]:
-    own = [t for t in tried if t.step.parent is None]
+    own = [t for t in tried if t.step.parent is None and t.curves]
     reference = own[0].final if own else None
+    absent = [t for t in tried if not t.curves]
     return ["", "### What was tried", "",
             "Design runs on the validation protocol (train on the first 50,000, validate on the "
             "last 10,000; the test set never evaluated), 15 epochs, "
             "`ladder run STEP.VARIANT --val-only --seed N`:", "",
             "| run as | change | parameters | seeds | final val (min) | vs the step "
             f"| mean of last 3 | seeds ≥ {TARGET} in each of the last {LAST} |",
-            "|---|---|---|---|---|---|---|---|", *(t.row(reference) for t in tried), ""]
+            "|---|---|---|---|---|---|---|---|", *(t.row(reference) for t in tried), "",
+            *([f"{len(absent)} of these have no runs in this store: the analysis above may "
+               "describe them from an earlier store; the command above measures them again.", ""]
+              if absent else [])]
 
 
 # ---------------------------------------------------------------- figures
@@ -457,7 +469,8 @@ def _write(store: Store | None, db: Path, out: Path, figs: Path,
     if missing:
         lines += ["## Steps without results", "", ", ".join(missing), ""]
     for parent, t in tried.items():  # design runs of a step with no final runs yet
-        lines += [f"## {parent}: design runs only", *tried_section(t)]
+        if any(x.curves for x in t):
+            lines += [f"## {parent}: design runs only", *tried_section(t)]
     if skipped:
         lines += ["## Skipped", ""] + [f"- {s}" for s in skipped] + [""]
     out.write_text("\n".join(lines))
