@@ -104,6 +104,17 @@ def test_clean_last_epochs_train_on_unaugmented_images(mnist, monkeypatch) -> No
         short("step9", 3, clean_last=-1)
 
 
+def test_norm_and_bias_can_be_left_undecayed() -> None:
+    model = steps.get("step9").build()
+    decayed = T.make_optimizer(model, steps.get("step9").recipe)
+    assert [g["weight_decay"] for g in decayed.param_groups] == [0.01]
+    recipe = dataclasses.replace(steps.get("step9").recipe, decay_norm_and_bias=False)
+    groups = T.make_optimizer(model, recipe).param_groups
+    assert [g["weight_decay"] for g in groups] == [0.01, 0.0]
+    assert all(p.ndim == 4 for p in groups[0]["params"])  # only convolution kernels decay
+    assert sum(p.numel() for g in groups for p in g["params"]) == steps.get("step9").params
+
+
 def test_ema_warmup_follows_early_then_decays_slowly() -> None:
     upd = T.ema_update(0.99)
     ema, cur = [torch.zeros(1)], [torch.ones(1)]

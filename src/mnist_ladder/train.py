@@ -105,12 +105,16 @@ def prepare(mnist: MNIST, device: torch.device, *, val: bool = False,
 
 
 def make_optimizer(model: nn.Module, r: Recipe) -> torch.optim.Optimizer:
+    params: list = list(model.parameters())
+    if not r.decay_norm_and_bias:  # vectors (BatchNorm's scale and shift, biases) not decayed
+        vectors = [p for p in model.parameters() if p.ndim <= 1]
+        weights = [p for p in model.parameters() if p.ndim > 1]
+        params = [{"params": weights}, {"params": vectors, "weight_decay": 0.0}]
     if r.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum,
+        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum,
                                nesterov=r.nesterov, weight_decay=r.weight_decay, fused=True)
     if r.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=r.weight_decay,
-                                 fused=True)
+        return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay, fused=True)
     raise ConfigError(f"unknown optimizer {r.optimizer!r}")
 
 

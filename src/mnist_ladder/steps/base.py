@@ -19,6 +19,7 @@ class Recipe:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
+    decay_norm_and_bias: bool = True  # False: BatchNorm's affine and biases are not decayed
     scheduler: str = "none"  # none | onecycle | step
     max_lr: float = 0.0  # onecycle
     pct_start: float = 0.3  # onecycle

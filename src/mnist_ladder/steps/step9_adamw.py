@@ -52,5 +52,8 @@ STEP = Step(
                 recipe=dataclasses.replace(RECIPE, clean_last=3)),
         Variant("label-smoothing", "label smoothing 0.1",
                 recipe=dataclasses.replace(RECIPE, label_smoothing=0.1)),
+        Variant("no-decay-on-norm", "no weight decay on BatchNorm's scale and shift and on "
+                "biases (convolution kernels only)",
+                recipe=dataclasses.replace(RECIPE, decay_norm_and_bias=False)),
     ),
 )
