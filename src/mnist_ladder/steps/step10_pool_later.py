@@ -37,5 +37,7 @@ STEP = Step(
     tried=(
         Variant("clean-last-3", "no augmentation in the last 3 epochs",
                 recipe=dataclasses.replace(RECIPE, clean_last=3)),
+        Variant("clean-last-5", "no augmentation in the last 5 epochs",
+                recipe=dataclasses.replace(RECIPE, clean_last=5)),
     ),
 )
