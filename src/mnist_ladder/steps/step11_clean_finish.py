@@ -7,7 +7,7 @@ from torch import nn
 from . import step7_separable, step10_pool_later
 from .base import Step
 
-RECIPE = dataclasses.replace(step10_pool_later.RECIPE, clean_last=3)
+RECIPE = dataclasses.replace(step10_pool_later.RECIPE, clean_last=5)
 
 
 def build() -> nn.Module:
@@ -16,19 +16,24 @@ def build() -> nn.Module:
 
 STEP = Step(
     name="step11",
-    title="A clean finish: the last 3 epochs unaugmented",
+    title="A clean finish: the last 5 epochs unaugmented",
     target=step7_separable.STEP.target,
     build=build,
     recipe=RECIPE,
     analysis=(
-        "Step 10's network and recipe, with one change: the last 3 of the 15 epochs train on "
+        "Step 10's network and recipe, with one change: the last 5 of the 15 epochs train on "
         "the digits as they are, without rotation, shift or scaling, while OneCycle anneals "
-        "the learning rate to zero.",
+        "the learning rate towards zero.",
         "Why: a network this small cannot fit the augmented digits (Step 10 ends near 99.0% "
         "on its augmented training images); augmentation has done its work by then, and the "
-        "last epochs are better spent fitting the distribution it will be tested on. On "
-        "validation (`step10.clean-last-3`, three seeds) the validation loss fell on every seed "
-        "and training accuracy on the clean images rose to about 99.45%.",
+        "last epochs are better spent fitting the digits as they will be tested. On validation "
+        "(three seeds each, Step 10's table) a clean finish of 3 or of 5 epochs lowered the "
+        "validation loss on every seed and raised training accuracy on the clean images to "
+        "about 99.5%; the two were within the spread between seeds in accuracy. Chosen "
+        "beforehand: the higher mean of the last 3 epochs' validation accuracy over the three "
+        "seeds, which was 5 epochs (it also had the lower loss on each seed).",
+        "The same finish did not help Step 9's larger network (`step9.clean-last-3`), which "
+        "is less short of capacity: it is a remedy for under-fitting, not a free gain.",
         "Compare with Step 10 in the table above: whether this carries over to the test "
         "writers, and whether 99.4 is held at this size, is what the test protocol says.",
     ),
