@@ -102,6 +102,11 @@ def test_report_numbers_are_the_stores(tmp_path: Path) -> None:
     assert f"{mean:.2f} ± {std:.2f} (99.30)" in text  # step6 final test, mean ± std (min)
     assert "| step6 | test | 6,720 | 3 |" in text
     assert "| 1/3 |" in text  # seeds holding 99.4 over the last 3 epochs (one, by construction)
+    curves = [curve(96.0, f, 0.03 * seed) for seed, f in enumerate(finals, start=1)]
+    mean_last = [sum(c[i] for c in curves) / 3 for i in (-3, -2, -1)]
+    assert ("Mean of the 3 seeds in each of the last 3 epochs: "
+            + ", ".join(f"{v:.2f}" for v in mean_last)) in text
+    assert "(below 99.4 in at least one)" in text  # 99.30's seed pulls the mean under
 
 
 def test_missing_or_broken_store_still_renders(tmp_path: Path) -> None:

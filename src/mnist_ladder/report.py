@@ -333,6 +333,13 @@ def observations(res: StepResults, prev: StepResults | None) -> list[str]:
         missed = "Target missed" if goal is None else f"{TARGET} not held"
         out.append(f"{missed}: no seed holds {TARGET} over the last {LAST} epochs"
                    + (f" ({touched} of {n} touched it at least once)." if touched else "."))
+    if n > 1:  # the seeds' mean curve: a target can be "for the mean" as well as per seed
+        mean_last = [statistics.fmean(vals) for vals in
+                     zip(*(r.series("test_acc")[-LAST:] for r in res.runs), strict=True)]
+        verdict = ("≥" if min(mean_last) >= TARGET else "below") + f" {TARGET}"
+        out.append(f"Mean of the {n} seeds in each of the last {LAST} epochs: "
+                   + ", ".join(f"{v:.2f}" for v in mean_last)
+                   + f" ({verdict} in {'each' if min(mean_last) >= TARGET else 'at least one'}).")
     spread = statistics.fmean(max(r.series("test_acc")[-LAST:]) - min(r.series("test_acc")[-LAST:])
                               for r in res.runs)
     out.append(f"Stability: the last {LAST} epochs' test accuracy moves by {spread:.2f} points "
