@@ -5,7 +5,7 @@ import dataclasses
 from torch import nn
 
 from . import step7_separable, step10_pool_later
-from .base import Step
+from .base import Step, Variant
 
 RECIPE = dataclasses.replace(step10_pool_later.RECIPE, clean_last=5)
 
@@ -38,4 +38,9 @@ STEP = Step(
         "writers, and whether 99.4 is held at this size, is what the test protocol says.",
     ),
     params=3_888,
+    tried=(
+        Variant("strong-augment", "half again as much augmentation before the clean finish: "
+                "±15°, ±15% shift, scale 0.85-1.15",
+                recipe=dataclasses.replace(RECIPE, augment=RECIPE.augment.scaled(1.5))),
+    ),
 )
