@@ -42,5 +42,8 @@ STEP = Step(
         Variant("strong-augment", "half again as much augmentation before the clean finish: "
                 "±15°, ±15% shift, scale 0.85-1.15",
                 recipe=dataclasses.replace(RECIPE, augment=RECIPE.augment.scaled(1.5))),
+        Variant("light-augment", "half the augmentation before the clean finish: ±5°, ±5% "
+                "shift, scale 0.95-1.05",
+                recipe=dataclasses.replace(RECIPE, augment=RECIPE.augment.scaled(0.5))),
     ),
 )
