@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -50,6 +51,28 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, mnist, monkeypatch
     w1 = torch.load(Path(full.run_dir) / "model.pt", weights_only=True)["state_dict"]
     w2 = torch.load(Path(resumed.run_dir) / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_resume_writes_back_epochs_the_store_lost(tmp_path: Path, mnist, monkeypatch) -> None:
+    store = Store(tmp_path / "l.db")
+    run_spec = spec(3)
+    real_add_epoch = store.add_epoch
+    monkeypatch.setattr(store, "add_epoch", lambda run_id, e: real_add_epoch(run_id, e)
+                        if e["epoch"] == 1 else None)  # epochs 2 and 3 never reach the store
+    real_set_status = store.set_status
+    monkeypatch.setattr(store, "set_status", lambda *a, **kw: None)  # nor does 'finished'
+    row = experiment.execute(run_spec, mnist, store, tmp_path, device=CPU, amp=False,
+                             log=lambda s: None)
+    monkeypatch.setattr(store, "add_epoch", real_add_epoch)
+    monkeypatch.setattr(store, "set_status", real_set_status)
+    assert len(store.epochs(row.id)) == 1
+    lost = store.run(row.id)
+    done = experiment.execute(run_spec, mnist, store, tmp_path, device=CPU, amp=False,
+                              resume=lost, log=lambda s: None)
+    assert done.status == "finished"
+    history = json.loads((Path(row.run_dir) / "metrics.json").read_text())
+    assert [e["test_acc"] for e in store.epochs(row.id)] == [h["test_acc"] for h in history]
+    assert len(history) == 3
 
 
 def test_val_only_run_never_evaluates_the_test_set(tmp_path: Path, mnist) -> None:

@@ -138,6 +138,10 @@ def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: to
         state.load_state_dict(ckpt["state"])
         prior_seconds = ckpt["wall_seconds"]
         store.set_status(run_id, "running")
+        # The checkpoint is the record of what ran: epochs it holds that the store lost (a
+        # store restored from an older copy under a live run) are written back.
+        for result in state.history[len(store.epochs(run_id)):]:
+            store.add_epoch(run_id, asdict(result))
         log(f"resuming {run_id} after epoch {len(state.history)}")
     else:
         run_id = new_run_id(spec)
