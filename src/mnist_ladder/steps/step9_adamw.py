@@ -62,5 +62,10 @@ STEP = Step(
         Variant("no-decay-on-norm", "no weight decay on BatchNorm's scale and shift and on "
                 "biases (convolution kernels only)",
                 recipe=dataclasses.replace(RECIPE, decay_norm_and_bias=False)),
+        Variant("pool-later-clean", "Step 11's design at this budget: three 3x3 convolutions "
+                "before the pool (10, 12, 16), then 12 | 16, 32, 44 (7,870 parameters), and the "
+                "last 5 epochs unaugmented",
+                build=lambda: step7_separable.build_pool_later((10, 12, 16, 12, 16, 32, 44)),
+                recipe=dataclasses.replace(RECIPE, clean_last=5)),
     ),
 )
