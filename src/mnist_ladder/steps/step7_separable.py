@@ -95,12 +95,16 @@ def build_all_full(widths: tuple[int, ...] = (8, 10, 8, 10, 10, 12)) -> nn.Modul
         block(t, c3), block(c3, c4), block(c4, c5), nn.AdaptiveAvgPool2d(1), Conv(c5, 10, 1))
 
 
-def build_pool_later(widths: tuple[int, ...] = (8, 8, 12, 8, 12, 20, 24)) -> nn.Module:
+def build_pool_later(widths: tuple[int, ...] = (8, 8, 12, 8, 12, 20, 24),
+                     front_padding: int = 0) -> nn.Module:
     """Three 3x3 convolutions before the pool instead of two (RF 7 there, not 5): more work
-    at full resolution for few weights, paid for with narrower layers after it."""
+    at full resolution for few weights, paid for with narrower layers after it.
+    `front_padding=1` keeps those three at 28x28 (14x14 after the pool, 8x8 at GAP): more
+    computation again, the same weights. Map sizes in the comments are for no padding."""
     c1, c2, c3, t, c4, s1, s2 = widths
+    p = front_padding
     return Net(
-        block(1, c1), block(c1, c2), block(c2, c3),  # 22, RF 7
+        block(1, c1, padding=p), block(c1, c2, padding=p), block(c2, c3, padding=p),  # 22, RF 7
         nn.MaxPool2d(2),  # 11, RF 8
         Conv(c3, t, 1),
         block(t, c4),  # 9, RF 12
