@@ -30,6 +30,7 @@ def test_frontier_steps_keep_their_budgets() -> None:
     assert steps.get("step10").params <= 4_000
     assert steps.get("step11").params <= 4_000
     assert steps.get("step12").params < 8_000
+    assert steps.get("step13").params <= 4_000
 
 
 @pytest.mark.parametrize("name", [f"{s.name}.{v.name}" for s in steps.STEPS.values() for v in s.tried])

@@ -16,13 +16,14 @@ from . import (
     step10_pool_later,
     step11_clean_finish,
     step12_pool_later_8k,
+    step13_batch64,
 )
 from .base import Recipe, SeedResults, Step, Variant
 
 _MODULES = (step0_basic_setup, step1_skeleton, step2_batchnorm, step3_dropout,
             step4_capacity, step5_augmentation, step6_lr_scheduler, step7_separable, step8_wider,
             step9_adamw, step10_pool_later, step11_clean_finish,
-            step12_pool_later_8k)
+            step12_pool_later_8k, step13_batch64)
 STEPS: dict[str, Step] = {m.STEP.name: m.STEP for m in _MODULES}
 
 
