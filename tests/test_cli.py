@@ -117,6 +117,20 @@ def test_sigkill_mid_run_resumes_without_duplicated_epochs(tmp_path: Path, mnist
     assert again.returncode == 2 and "already finished" in again.stderr
 
 
+def test_sigterm_marks_the_run_interrupted_at_once(tmp_path: Path, mnist) -> None:
+    args = ["run", "step6", "--epochs", "4", "--train-limit", "4000", "--eval-limit", "500"]
+    proc = subprocess.Popen([sys.executable, "-m", "mnist_ladder", *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    db = tmp_path / "results" / "ladder.db"
+    wait_for_epochs(db, 1, proc)
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in stderr
+    con = sqlite3.connect(db)
+    # The stored status itself, not inferred later from a dead process id.
+    assert con.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
+
+
 def test_variant_design_run_never_sees_the_test_set(tmp_path: Path, mnist) -> None:
     r = ladder("run", "step7.no-ema", "--val-only", "--epochs", "1", "--train-limit", "1000",
                "--eval-limit", "300", cwd=tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -400,8 +401,15 @@ def build_parser() -> Parser:
     return p
 
 
+def _stop_like_ctrl_c(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    # `kill`, a job scheduler or a closing session sends SIGTERM, and a job started in the
+    # background ignores Ctrl-C: either way the run must be marked interrupted, not left running.
+    previous = signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     try:
         a = parser.parse_args(argv)
         if a.command == "run" and not (a.step or a.resume or a.from_trial):
@@ -415,6 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nladder: interrupted; the last finished epoch is saved "
               "(continue with `ladder run --resume RUN`)", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
