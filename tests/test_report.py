@@ -109,6 +109,19 @@ def test_report_numbers_are_the_stores(tmp_path: Path) -> None:
     assert "(below 99.4 in at least one)" in text  # 99.30's seed pulls the mean under
 
 
+def test_a_step_is_compared_with_the_step_it_builds_on(tmp_path: Path) -> None:
+    db = tmp_path / "ladder.db"
+    with Store(db) as store:
+        for step, final in (("step11", 99.42), ("step12", 99.50), ("step13", 99.45)):
+            add_run(store, tmp_path, f"{step}-s1", step, 1, final, weights=False)
+    text = write_report(db, tmp_path / "REPORT.md", None)[0].read_text()
+    assert steps.get("step13").builds_on == "step11"
+    step13 = text[text.index("## step13"):]
+    assert "Versus step11: +0 parameters, final test accuracy +0.03 points" in step13
+    step12 = text[text.index("## step12"):text.index("## step13")]
+    assert "Versus step11" not in step12  # step12 builds on step9, which has no runs here
+
+
 def test_missing_or_broken_store_still_renders(tmp_path: Path) -> None:
     text = write_report(tmp_path / "nope.db", tmp_path / "REPORT.md", None)[0].read_text()
     assert "no results store" in text and "step6" in text

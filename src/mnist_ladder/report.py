@@ -467,11 +467,13 @@ def _write(store: Store | None, db: Path, out: Path, figs: Path,
     else:
         lines += ["No finished runs yet: `ladder ladder --seeds 3` runs the whole ladder.", ""]
     prev_by_protocol: dict[str, StepResults] = {}
+    done: dict[tuple[str, str], StepResults] = {}
     for res in results:
-        lines += step_section(res, prev_by_protocol.get(res.protocol), figs, "report", mnist_test,
-                              store, skipped, tried.pop(res.step.name, None) if res.protocol == "test"
-                              else None)
-        prev_by_protocol[res.protocol] = res
+        base = res.step.builds_on  # compared with the step it changes, not merely the one before
+        prev = done.get((base, res.protocol)) if base else prev_by_protocol.get(res.protocol)
+        lines += step_section(res, prev, figs, "report", mnist_test, store, skipped,
+                              tried.pop(res.step.name, None) if res.protocol == "test" else None)
+        prev_by_protocol[res.protocol] = done[res.step.name, res.protocol] = res
     missing = [s for s in steps.STEPS if s not in {r.step.name for r in results}]
     if missing:
         lines += ["## Steps without results", "", ", ".join(missing), ""]

@@ -86,6 +86,7 @@ class Step:
     seed: SeedResults | None = None
     mean_final_goal: float | None = None  # a target on the seeds' mean final test accuracy
     tried: tuple[Variant, ...] = ()  # alternatives compared on validation, shown in the report
+    builds_on: str | None = None  # the step it changes, when not the one before it
     parent: str | None = None  # set on a variant: the step it varies
 
     def variant(self, name: str) -> Step:

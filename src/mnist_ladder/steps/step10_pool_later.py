@@ -20,6 +20,7 @@ STEP = Step(
     target=step7_separable.STEP.target,
     build=build,
     recipe=RECIPE,
+    builds_on="step7",
     analysis=(
         "Step 7's budget again, with the two changes that its design runs ranked best: three 3x3 "
         "convolutions before the max-pool instead of two (8, 8, 12 channels, receptive field 7 "

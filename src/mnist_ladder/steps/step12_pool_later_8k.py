@@ -25,6 +25,7 @@ STEP = Step(
     ),
     build=build,
     recipe=RECIPE,
+    builds_on="step9",
     analysis=(
         "What took the 4,000-parameter network from Step 7 to Step 11, carried to the 8,000 "
         "budget: three 3x3 convolutions before the max-pool (10, 12, 16 channels) instead of "

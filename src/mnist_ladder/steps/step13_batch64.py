@@ -20,6 +20,7 @@ STEP = Step(
     target=step7_separable.STEP.target,
     build=build,
     recipe=RECIPE,
+    builds_on="step11",
     analysis=(
         "Step 11's network (3,888 parameters) and recipe, with one change: batches of 64 "
         "images instead of 128, so twice the optimizer steps in the same 15 epochs (and the "
