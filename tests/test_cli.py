@@ -156,6 +156,25 @@ def test_ladder_runs_steps_by_seeds_in_parallel_and_skips_finished(tmp_path: Pat
     assert {s for (s,) in db.execute("SELECT seed FROM runs")} == {1, 2}
 
 
+def test_ladder_says_up_front_what_it_reruns_because_the_code_changed(
+        tmp_path: Path, mnist, monkeypatch, capsys) -> None:
+    from mnist_ladder import experiment
+    db = tmp_path / "ladder.db"
+    args = ["ladder", "--steps", "step2", "--seeds", "1", "--epochs", "1", "--train-limit",
+            "1000", "--eval-limit", "500", "--db", str(db), "--out", str(tmp_path / "runs"),
+            "--no-report"]
+    assert cli.main(args) == 0
+    assert "finished before with other code" not in capsys.readouterr().out
+    monkeypatch.setattr(experiment, "_CODE_HASH", "another version")
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "1 of them finished before with other code" in out and "step2 seed 1 (step2-s1-" in out
+    assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 2
+    assert cli.main(args) == 0  # the re-run is now this code's: skipped, nothing said
+    out = capsys.readouterr().out
+    assert "skipped (already finished" in out and "other code" not in out
+
+
 def test_killed_ladder_continues_where_it_stopped(tmp_path: Path, mnist) -> None:
     args = ["ladder", "--steps", "step6", "--seeds", "1", "--epochs", "4", "--train-limit", "4000",
             "--eval-limit", "500", "--no-report"]

@@ -154,7 +154,7 @@ def cmd_ladder(a: argparse.Namespace) -> int:
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
-    from .experiment import Task, run_task
+    from .experiment import Task, made_by_other_code, run_task
     device, amp = _device_and_amp(a)
     data.fetch(a.data_dir, a.idx_dir)  # once, before any worker needs it
     db = str(a.db or default_db_path())
@@ -166,6 +166,12 @@ def cmd_ladder(a: argparse.Namespace) -> int:
                   db, str(a.out), str(device), amp, threads)
              for seed in a.seeds for name in a.steps]
     print(f"{len(tasks)} runs: steps {', '.join(a.steps)} x seeds {a.seeds}; {a.jobs} job(s)")
+    with Store(db) as store:
+        rerun = [(t, row) for t in tasks if (row := made_by_other_code(t, store))]
+    if rerun:  # said up front: a changed source file (any) re-runs them, which can take hours
+        print(f"{len(rerun)} of them finished before with other code (the package's sources "
+              f"have changed since), and run again: "
+              + ", ".join(f"{t.spec.step} seed {t.spec.seed} ({row.id})" for t, row in rerun))
     if a.jobs == 1:
         for t in tasks:
             run_id, what = run_task(t)

@@ -219,6 +219,15 @@ class Task:
     threads: int
 
 
+def made_by_other_code(task: Task, store: Store) -> RunRow | None:
+    """A finished run of this task's configuration that older (or other) code made: the task
+    runs again, since a result is tied to the code that produced it."""
+    key = (task.spec.step, task.spec.seed, task.spec.protocol, task.spec.recipe)
+    if store.find_finished(*key, code_hash()):
+        return None
+    return store.find_finished(*key, None)
+
+
 def run_task(task: Task) -> tuple[str, str]:
     """Run one spec, skipping it if finished with this code, resuming it if interrupted.
     Module-level so that worker processes can run it."""

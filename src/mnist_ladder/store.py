@@ -190,10 +190,11 @@ class Store:
         return None if r is None else bytes(r["data"])
 
     def find_finished(self, step: str, seed: int, protocol: str, recipe: Recipe,
-                      code_hash: str) -> RunRow | None:
+                      code_hash: str | None) -> RunRow | None:
+        """A finished run of this configuration, made by this code (any code: None)."""
         for r in self.runs(step):
-            if (r.seed, r.protocol, r.code_hash, r.status) == (
-                    seed, protocol, code_hash, "finished") and recipe.matches(r.recipe):
+            if ((r.seed, r.protocol, r.status) == (seed, protocol, "finished")
+                    and code_hash in (None, r.code_hash) and recipe.matches(r.recipe)):
                 return r
         return None
 
