@@ -95,12 +95,18 @@ def wait_for_epochs(db: Path, n: int, proc: subprocess.Popen, timeout: float = 3
     raise TimeoutError
 
 
-def test_sigkill_mid_run_resumes_without_duplicated_epochs(tmp_path: Path, mnist) -> None:
+def start_run_past_its_first_epoch(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    """A short Step 6 run in its own process, once its first epoch is stored: (process, store)."""
     args = ["run", "step6", "--epochs", "4", "--train-limit", "4000", "--eval-limit", "500"]
     proc = subprocess.Popen([sys.executable, "-m", "mnist_ladder", *args], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     db = tmp_path / "results" / "ladder.db"
     wait_for_epochs(db, 1, proc)
+    return proc, db
+
+
+def test_sigkill_mid_run_resumes_without_duplicated_epochs(tmp_path: Path, mnist) -> None:
+    proc, db = start_run_past_its_first_epoch(tmp_path)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     listed = ladder("runs", cwd=tmp_path).stdout
@@ -118,11 +124,7 @@ def test_sigkill_mid_run_resumes_without_duplicated_epochs(tmp_path: Path, mnist
 
 
 def test_sigterm_marks_the_run_interrupted_at_once(tmp_path: Path, mnist) -> None:
-    args = ["run", "step6", "--epochs", "4", "--train-limit", "4000", "--eval-limit", "500"]
-    proc = subprocess.Popen([sys.executable, "-m", "mnist_ladder", *args], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    db = tmp_path / "results" / "ladder.db"
-    wait_for_epochs(db, 1, proc)
+    proc, db = start_run_past_its_first_epoch(tmp_path)
     proc.terminate()
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "interrupted" in stderr

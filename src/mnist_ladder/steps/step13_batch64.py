@@ -2,23 +2,17 @@
 
 import dataclasses
 
-from torch import nn
-
 from . import step7_separable, step11_clean_finish
 from .base import Step
 
 RECIPE = dataclasses.replace(step11_clean_finish.RECIPE, batch_size=64)
 
 
-def build() -> nn.Module:
-    return step11_clean_finish.build()
-
-
 STEP = Step(
     name="step13",
     title="Twice the steps: batch 64",
     target=step7_separable.STEP.target,
-    build=build,
+    build=step11_clean_finish.STEP.build,  # the same network
     recipe=RECIPE,
     builds_on="step11",
     analysis=(
