@@ -57,8 +57,26 @@ class StoreError(RuntimeError):
     pass
 
 
+# The project's reference results (committed with it) live in `results/` at the root of the
+# checkout this package is installed from (an editable install); a user's own runs go to a
+# git-ignored working store, `runs/ladder.db` in the current directory, unless told otherwise.
+CHECKOUT_DIR = Path(__file__).resolve().parents[2]
+
+
 def default_db_path() -> Path:
-    return Path(os.environ.get("MNIST_LADDER_DB", "results/ladder.db"))
+    """The user's working store: $MNIST_LADDER_DB, else runs/ladder.db here."""
+    return Path(os.environ.get("MNIST_LADDER_DB", "runs/ladder.db"))
+
+
+def reference_dir() -> Path:
+    """Where the project's reference results live: $MNIST_LADDER_REFERENCE (a folder), else
+    `results/` beside the checkout this package was installed from."""
+    env = os.environ.get("MNIST_LADDER_REFERENCE")
+    return Path(env) if env else CHECKOUT_DIR / "results"
+
+
+def reference_db_path() -> Path:
+    return reference_dir() / "ladder.db"
 
 
 def now() -> str:
