@@ -70,3 +70,67 @@ class Net(nn.Sequential):
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters, BatchNorm affine included, buffers (running stats) not."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------- networks shared by steps
+# Step 7's family: Steps 7-13 and their variants build on these.
+
+
+def cbr(cin: int, cout: int, k: int = 3, padding: int = 0) -> Conv:
+    """conv -> BatchNorm -> ReLU, the frontier steps' block."""
+    return Conv(cin, cout, k, order="cbr", padding=padding)
+
+
+def separable_net(widths: tuple[int, ...] = (8, 16, 8, 12, 20, 24)) -> nn.Module:
+    """Step 7's network; `widths` = the two convolutions, the transition, the full 3x3 and
+    the two separable blocks (Step 8 and the variants reuse it wider)."""
+    c1, c2, t, c3, s1, s2 = widths
+    return Net(
+        cbr(1, c1),  # 26, RF 3
+        cbr(c1, c2),  # 24, RF 5
+        nn.MaxPool2d(2),  # 12, RF 6
+        Conv(c2, t, 1),  # 12: plain 1x1 transition, as in Step 6
+        cbr(t, c3),  # 10, RF 10
+        separable(c3, s1, padding=0),  # 8, RF 14
+        separable(s1, s2, padding=0),  # 6, RF 18
+        nn.AdaptiveAvgPool2d(1),
+        Conv(s2, 10, 1),
+    )
+
+
+def spatial_head_net(widths: tuple[int, ...] = (8, 16, 8, 12, 20, 24)) -> nn.Module:
+    """Step 7 with a learned spatial weighting instead of GAP: a 1x1 convolution to the ten
+    classes on the last 6x6 map, then one 6x6 depthwise filter per class. MNIST digits are
+    centred, so where a feature fires carries information that averaging throws away."""
+    net = separable_net(widths)
+    gap, head = net[-2], net[-1]
+    assert isinstance(gap, nn.AdaptiveAvgPool2d)
+    return Net(*net[:-2], head, nn.Conv2d(10, 10, 6, groups=10, bias=False))
+
+
+def all_full_net(widths: tuple[int, ...] = (8, 10, 8, 10, 10, 12)) -> nn.Module:
+    """Step 6's shape with full 3x3 convolutions only (narrowed to fit 4,000 by default)."""
+    c1, c2, t, c3, c4, c5 = widths
+    return Net(
+        cbr(1, c1), cbr(c1, c2), nn.MaxPool2d(2), Conv(c2, t, 1),
+        cbr(t, c3), cbr(c3, c4), cbr(c4, c5), nn.AdaptiveAvgPool2d(1), Conv(c5, 10, 1))
+
+
+def pool_later_net(widths: tuple[int, ...] = (8, 8, 12, 8, 12, 20, 24),
+                     front_padding: int = 0) -> nn.Module:
+    """Three 3x3 convolutions before the pool instead of two (RF 7 there, not 5): more work
+    at full resolution for few weights, paid for with narrower layers after it.
+    `front_padding=1` keeps those three at 28x28 (14x14 after the pool, 8x8 at GAP): more
+    computation again, the same weights. Map sizes in the comments are for no padding."""
+    c1, c2, c3, t, c4, s1, s2 = widths
+    p = front_padding
+    return Net(
+        cbr(1, c1, padding=p), cbr(c1, c2, padding=p), cbr(c2, c3, padding=p),  # 22, RF 7
+        nn.MaxPool2d(2),  # 11, RF 8
+        Conv(c3, t, 1),
+        cbr(t, c4),  # 9, RF 12
+        separable(c4, s1, padding=0),  # 7, RF 16
+        separable(s1, s2, padding=0),  # 5, RF 20
+        nn.AdaptiveAvgPool2d(1),
+        Conv(s2, 10, 1),
+    )

@@ -4,6 +4,7 @@ import dataclasses
 
 from torch import nn
 
+from .. import models
 from . import step7_separable
 from .base import Step, Variant
 
@@ -11,7 +12,7 @@ RECIPE = step7_separable.ADAMW
 
 
 def build() -> nn.Module:
-    return step7_separable.build_pool_later()
+    return models.pool_later_net()
 
 
 STEP = Step(

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+from .. import models
 from . import step7_separable, step10_pool_later
 from .base import Step, Variant
 
@@ -51,11 +52,11 @@ STEP = Step(
                 recipe=dataclasses.replace(RECIPE, augment=RECIPE.augment.scaled(0.5))),
         Variant("wider-tail", "the rest of the 4,000 spent on the first separable block: 22 "
                 "channels instead of 20 (3,982 parameters)",
-                build=lambda: step7_separable.build_pool_later((8, 8, 12, 8, 12, 22, 24))),
+                build=lambda: models.pool_later_net((8, 8, 12, 8, 12, 22, 24))),
         Variant("batch64", "batch size 64 instead of 128: twice the steps in 15 epochs",
                 recipe=dataclasses.replace(RECIPE, batch_size=64)),
         Variant("padded-front", "the three convolutions before the pool padded: 28x28 maps, "
                 "14x14 after the pool, 8x8 at GAP; the same weights, more computation",
-                build=lambda: step7_separable.build_pool_later(front_padding=1)),
+                build=lambda: models.pool_later_net(front_padding=1)),
     ),
 )

@@ -4,7 +4,8 @@ import dataclasses
 
 from torch import nn
 
-from . import step7_separable, step9_adamw
+from .. import models
+from . import step9_adamw
 from .base import Step
 
 WIDTHS = (10, 12, 16, 12, 16, 32, 44)  # before the pool | transition | after it
@@ -12,7 +13,7 @@ RECIPE = dataclasses.replace(step9_adamw.RECIPE, clean_last=5)
 
 
 def build() -> nn.Module:
-    return step7_separable.build_pool_later(WIDTHS)
+    return models.pool_later_net(WIDTHS)
 
 
 STEP = Step(

@@ -10,40 +10,19 @@ import dataclasses
 from torch import nn
 
 from ..augment import Augment
-from ..models import Conv, Dropout, Net, separable
+from ..models import (
+    Conv,
+    Dropout,
+    Net,
+    all_full_net,
+    cbr,
+    pool_later_net,
+    separable,
+    separable_net,
+    spatial_head_net,
+)
 from . import step6_lr_scheduler
 from .base import Recipe, Step, Variant
-
-
-def block(cin: int, cout: int, k: int = 3, padding: int = 0) -> Conv:
-    return Conv(cin, cout, k, order="cbr", padding=padding)
-
-
-def build(widths: tuple[int, ...] = (8, 16, 8, 12, 20, 24)) -> nn.Module:
-    """Step 7's network; `widths` = the two convolutions, the transition, the full 3x3 and
-    the two separable blocks (Step 8 and the variants reuse it wider)."""
-    c1, c2, t, c3, s1, s2 = widths
-    return Net(
-        block(1, c1),  # 26, RF 3
-        block(c1, c2),  # 24, RF 5
-        nn.MaxPool2d(2),  # 12, RF 6
-        Conv(c2, t, 1),  # 12: plain 1x1 transition, as in Step 6
-        block(t, c3),  # 10, RF 10
-        separable(c3, s1, padding=0),  # 8, RF 14
-        separable(s1, s2, padding=0),  # 6, RF 18
-        nn.AdaptiveAvgPool2d(1),
-        Conv(s2, 10, 1),
-    )
-
-
-def build_spatial_head(widths: tuple[int, ...] = (8, 16, 8, 12, 20, 24)) -> nn.Module:
-    """Step 7 with a learned spatial weighting instead of GAP: a 1x1 convolution to the ten
-    classes on the last 6x6 map, then one 6x6 depthwise filter per class. MNIST digits are
-    centred, so where a feature fires carries information that averaging throws away."""
-    net = build(widths)
-    gap, head = net[-2], net[-1]
-    assert isinstance(gap, nn.AdaptiveAvgPool2d)
-    return Net(*net[:-2], head, nn.Conv2d(10, 10, 6, groups=10, bias=False))
 
 
 def build_bn_after_depthwise() -> nn.Module:
@@ -51,7 +30,7 @@ def build_bn_after_depthwise() -> nn.Module:
         return nn.Sequential(Conv(cin, cin, 3, groups=cin, order="cb"), Conv(cin, cout, 1, order="cbr"))
 
     return Net(
-        block(1, 8), block(8, 16), nn.MaxPool2d(2), Conv(16, 8, 1), block(8, 12),
+        cbr(1, 8), cbr(8, 16), nn.MaxPool2d(2), Conv(16, 8, 1), cbr(8, 12),
         sep(12, 20), sep(20, 24), nn.AdaptiveAvgPool2d(1), Conv(24, 10, 1))
 
 
@@ -60,21 +39,21 @@ def build_with_dropout() -> nn.Module:
         return Dropout(p)
 
     return Net(
-        block(1, 8), drop(), block(8, 16), drop(), nn.MaxPool2d(2), Conv(16, 8, 1),
-        block(8, 12), drop(), separable(12, 20, padding=0), drop(), separable(20, 24, padding=0),
+        cbr(1, 8), drop(), cbr(8, 16), drop(), nn.MaxPool2d(2), Conv(16, 8, 1),
+        cbr(8, 12), drop(), separable(12, 20, padding=0), drop(), separable(20, 24, padding=0),
         drop(), nn.AdaptiveAvgPool2d(1), Conv(24, 10, 1))
 
 
 def build_separable_early() -> nn.Module:
     return Net(
-        block(1, 8), separable(8, 16, padding=0), nn.MaxPool2d(2), Conv(16, 10, 1),
-        block(10, 14), separable(14, 28, padding=0), separable(28, 32, padding=0),
+        cbr(1, 8), separable(8, 16, padding=0), nn.MaxPool2d(2), Conv(16, 10, 1),
+        cbr(10, 14), separable(14, 28, padding=0), separable(28, 32, padding=0),
         nn.AdaptiveAvgPool2d(1), Conv(32, 10, 1))
 
 
 def build_separable_all() -> nn.Module:
     return Net(
-        block(1, 8), separable(8, 16, padding=0), nn.MaxPool2d(2), Conv(16, 12, 1),
+        cbr(1, 8), separable(8, 16, padding=0), nn.MaxPool2d(2), Conv(16, 12, 1),
         separable(12, 24, padding=0), separable(24, 32, padding=0), separable(32, 36, padding=0),
         nn.AdaptiveAvgPool2d(1), Conv(36, 10, 1))
 
@@ -82,44 +61,16 @@ def build_separable_all() -> nn.Module:
 def build_padded_two_pools() -> nn.Module:
     """First design: padded 28x28 and 14x14 maps, two pools, four separable blocks."""
     return Net(
-        block(1, 8, padding=1), block(8, 12, padding=1), nn.MaxPool2d(2),
+        cbr(1, 8, padding=1), cbr(8, 12, padding=1), nn.MaxPool2d(2),
         separable(12, 16), separable(16, 20), nn.MaxPool2d(2),
         separable(20, 28), separable(28, 28), nn.AdaptiveAvgPool2d(1), Conv(28, 10, 1))
-
-
-def build_all_full(widths: tuple[int, ...] = (8, 10, 8, 10, 10, 12)) -> nn.Module:
-    """Step 6's shape with full 3x3 convolutions only (narrowed to fit 4,000 by default)."""
-    c1, c2, t, c3, c4, c5 = widths
-    return Net(
-        block(1, c1), block(c1, c2), nn.MaxPool2d(2), Conv(c2, t, 1),
-        block(t, c3), block(c3, c4), block(c4, c5), nn.AdaptiveAvgPool2d(1), Conv(c5, 10, 1))
-
-
-def build_pool_later(widths: tuple[int, ...] = (8, 8, 12, 8, 12, 20, 24),
-                     front_padding: int = 0) -> nn.Module:
-    """Three 3x3 convolutions before the pool instead of two (RF 7 there, not 5): more work
-    at full resolution for few weights, paid for with narrower layers after it.
-    `front_padding=1` keeps those three at 28x28 (14x14 after the pool, 8x8 at GAP): more
-    computation again, the same weights. Map sizes in the comments are for no padding."""
-    c1, c2, c3, t, c4, s1, s2 = widths
-    p = front_padding
-    return Net(
-        block(1, c1, padding=p), block(c1, c2, padding=p), block(c2, c3, padding=p),  # 22, RF 7
-        nn.MaxPool2d(2),  # 11, RF 8
-        Conv(c3, t, 1),
-        block(t, c4),  # 9, RF 12
-        separable(c4, s1, padding=0),  # 7, RF 16
-        separable(s1, s2, padding=0),  # 5, RF 20
-        nn.AdaptiveAvgPool2d(1),
-        Conv(s2, 10, 1),
-    )
 
 
 def build_pool_later_separable(widths: tuple[int, ...] = (8, 8, 12, 12, 16, 24, 28)) -> nn.Module:
     """pool-later with all three layers after the pool separable, wider for the same budget."""
     c1, c2, c3, t, s0, s1, s2 = widths
     return Net(
-        block(1, c1), block(c1, c2), block(c2, c3), nn.MaxPool2d(2), Conv(c3, t, 1),
+        cbr(1, c1), cbr(c1, c2), cbr(c2, c3), nn.MaxPool2d(2), Conv(c3, t, 1),
         separable(t, s0, padding=0), separable(s0, s1, padding=0), separable(s1, s2, padding=0),
         nn.AdaptiveAvgPool2d(1), Conv(s2, 10, 1))
 
@@ -140,7 +91,7 @@ STEP = Step(
         "Designed and tuned on the validation protocol only; the test set is used for the final "
         "runs",
     ),
-    build=build,
+    build=separable_net,
     recipe=RECIPE,
     analysis=(
         "Depthwise-separable blocks give the last two layers their width (20 and 24 channels) "
@@ -175,7 +126,7 @@ STEP = Step(
         Variant("padded-two-pools", "padded 28x28/14x14 maps, two pools, four separable blocks",
                 build=build_padded_two_pools),
         Variant("wider", "the separable blocks wider: 24 and 28 channels",
-                build=lambda: build((8, 16, 8, 12, 24, 28))),
+                build=lambda: separable_net((8, 16, 8, 12, 24, 28))),
         Variant("batch64", "batch size 64 instead of 128",
                 recipe=dataclasses.replace(RECIPE, batch_size=64)),
         Variant("light-augment", "half the augmentation: ±5°, ±5% shift, scale 0.95-1.05",
@@ -198,19 +149,19 @@ STEP = Step(
                 "after the pool (14, 28, 32 channels)", build=build_separable_early),
         Variant("separable-all", "every convolution after the first separable; width after the "
                 "pool 24, 32, 36", build=build_separable_all),
-        Variant("all-full", "full 3x3 convolutions only, narrower", build=build_all_full),
+        Variant("all-full", "full 3x3 convolutions only, narrower", build=all_full_net),
         Variant("elastic", "elastic distortion added: ±1.5 px at 4x4 control points",
                 recipe=dataclasses.replace(RECIPE, augment=dataclasses.replace(AUGMENT, elastic=1.5))),
         Variant("spatial-head", "a learned 6x6 weighting per class instead of GAP (1x1 to the "
-                "classes, then a depthwise 6x6)", build=build_spatial_head),
+                "classes, then a depthwise 6x6)", build=spatial_head_net),
         Variant("pool-later", "three 3x3 convolutions before the pool (8, 8, 12 channels), "
-                "narrower after it (8 | 12, 20, 24)", build=build_pool_later),
+                "narrower after it (8 | 12, 20, 24)", build=pool_later_net),
         Variant("adamw", "AdamW (OneCycle peak 0.01, weight decay 0.01) instead of SGD",
                 recipe=ADAMW),
         Variant("adamw-light-decay", "AdamW with weight decay 0.001 (a tenth)",
                 recipe=dataclasses.replace(ADAMW, weight_decay=0.001)),
         Variant("pool-later-adamw", "pool-later's network with AdamW",
-                build=build_pool_later, recipe=ADAMW),
+                build=pool_later_net, recipe=ADAMW),
         Variant("pool-later-separable-adamw", "pool-later with separable layers after the pool, "
                 "wider (12 | 16, 24, 28), and AdamW", build=build_pool_later_separable,
                 recipe=ADAMW),

@@ -4,6 +4,7 @@ import dataclasses
 
 from torch import nn
 
+from .. import models
 from ..augment import SEED_AUGMENT
 from . import step7_separable
 from .base import Step, Variant
@@ -12,7 +13,7 @@ WIDTHS = (10, 20, 12, 20, 32, 40)  # Step 7's layers, wider
 
 
 def build() -> nn.Module:
-    return step7_separable.build(WIDTHS)
+    return models.separable_net(WIDTHS)
 
 
 def build_silu() -> nn.Module:
@@ -53,23 +54,23 @@ STEP = Step(
         Variant("elastic", "elastic distortion added: ±1.5 px at 4x4 control points",
                 recipe=step7_separable.STEP.variant("elastic").recipe),
         Variant("spatial-head", "a learned 6x6 weighting per class instead of GAP",
-                build=lambda: step7_separable.build_spatial_head(WIDTHS)),
+                build=lambda: models.spatial_head_net(WIDTHS)),
         Variant("full-back", "full 3x3 convolutions after the pool instead of separable ones "
                 "(8, 16 | 8 | 12, 16, 20 channels)",
-                build=lambda: step7_separable.build_all_full((8, 16, 8, 12, 16, 20))),
+                build=lambda: models.all_full_net((8, 16, 8, 12, 16, 20))),
         Variant("silu", "SiLU instead of ReLU everywhere", build=build_silu),
         Variant("seed-augment", "the seed's augmentation (rotation, shear, scale 0.8-1.2, "
                 "colour jitter) with this recipe",
                 recipe=dataclasses.replace(step7_separable.RECIPE, augment=SEED_AUGMENT)),
         Variant("pool-later", "three 3x3 convolutions before the pool (8, 12, 16 channels), "
                 "then 12 | 16, 30, 40: the same 7,322 parameters",
-                build=lambda: step7_separable.build_pool_later((8, 12, 16, 12, 16, 30, 40))),
+                build=lambda: models.pool_later_net((8, 12, 16, 12, 16, 30, 40))),
         Variant("max-width", "wider after the pool, to the budget: 10, 20 | 12 | 22, 34, 44 "
-                "(7,954 parameters)", build=lambda: step7_separable.build((10, 20, 12, 22, 34, 44))),
+                "(7,954 parameters)", build=lambda: models.separable_net((10, 20, 12, 22, 34, 44))),
         Variant("adamw", "AdamW (OneCycle peak 0.01, weight decay 0.01) instead of SGD",
                 recipe=step7_separable.ADAMW),
         Variant("adamw-max-width", "AdamW, and max-width's network (7,954 parameters)",
-                build=lambda: step7_separable.build((10, 20, 12, 22, 34, 44)),
+                build=lambda: models.separable_net((10, 20, 12, 22, 34, 44)),
                 recipe=step7_separable.ADAMW),
         Variant("adamw-peak-0.02", "AdamW with OneCycle peak 0.02",
                 recipe=dataclasses.replace(step7_separable.ADAMW, max_lr=0.02, lr=0.0008)),

@@ -4,6 +4,7 @@ import dataclasses
 
 from torch import nn
 
+from .. import models
 from . import step7_separable, step8_wider
 from .base import Step, Variant
 
@@ -67,7 +68,7 @@ STEP = Step(
         Variant("pool-later-clean", "Step 11's design at this budget: three 3x3 convolutions "
                 "before the pool (10, 12, 16), then 12 | 16, 32, 44 (7,870 parameters), and the "
                 "last 5 epochs unaugmented",
-                build=lambda: step7_separable.build_pool_later((10, 12, 16, 12, 16, 32, 44)),
+                build=lambda: models.pool_later_net((10, 12, 16, 12, 16, 32, 44)),
                 recipe=dataclasses.replace(RECIPE, clean_last=5)),
     ),
 )
