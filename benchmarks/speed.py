@@ -85,10 +85,10 @@ def ours_images_per_s(mnist: data.MNIST, batches: int, *, batch_size: int = 128,
     if compile_model:
         st.model = torch.compile(st.model)
     t0 = time.perf_counter()
-    T.train(st.model, d, st.optimizer, st.scheduler, True, recipe, st.generator, amp)
+    T.train(st, d, recipe, amp)
     warm = time.perf_counter() - t0  # first epoch: warm-up (and compile time, if any)
     t = time.perf_counter()
-    T.train(st.model, d, st.optimizer, st.scheduler, True, recipe, st.generator, amp)
+    T.train(st, d, recipe, amp)
     rate = batch_size * batches / (time.perf_counter() - t)
     torch.set_num_threads(old_threads)
     if compile_model:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -23,7 +24,7 @@ from . import steps
 from .data import MNIST
 from .models import count_parameters
 from .steps import Recipe, Step
-from .store import RunRow, Store, now
+from .store import Heartbeat, RunClaimed, RunRow, Store, StoreError, new_owner, now
 from .train import EpochResult, TrainState, fit, new_state, prepare, save_atomic
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -76,6 +77,8 @@ class Spec:
     eval_limit: int | None = None
     arch: dict | None = None  # a searched architecture (see family.py) instead of a ladder step
     test: bool = True  # False (with val): the test set is never evaluated, for design work
+    step_file: str | None = None  # a user's step file: rebuilt from it, only while its hash
+    step_hash: str | None = None  # still matches this one (code is never run from the store)
 
     @property
     def protocol(self) -> str:
@@ -98,19 +101,36 @@ def make_spec(step: Step, seed: int, *, epochs: int | None = None, batch_size: i
               val: bool = False, train_limit: int | None = None,
               eval_limit: int | None = None, recipe: Recipe | None = None,
               test: bool = True) -> Spec:
+    """The one path from a step to a run spec."""
     recipe = recipe or step.recipe
     recipe = dataclasses.replace(recipe, epochs=epochs or recipe.epochs,
                                  batch_size=batch_size or recipe.batch_size)
     if not test and not val:
         raise ValueError("a run without the test set needs the validation protocol")
-    return Spec(step.name, seed, recipe, val, train_limit, eval_limit, test=test)
+    return Spec(step.name, seed, recipe, val, train_limit, eval_limit, test=test,
+                step_file=step.source_file, step_hash=step.source_hash)
 
 
 def resolve_step(spec: Spec) -> Step:
-    if spec.arch is None:
+    """The step a spec was made from: built in, a searched architecture, or a user's step file
+    (rebuilt from the file on disk, and only while its source is the one the run was made of)."""
+    if spec.arch is not None:
+        from .family import as_step
+        return as_step(spec.step, spec.arch, spec.recipe)
+    if spec.step_file is None:
+        if spec.step_hash is not None:
+            raise RunError(f"{spec.step} was defined inline (a notebook cell or a script): "
+                           "continue it from Python with ml.fit(step, resume=RUN)")
         return steps.get(spec.step)
-    from .family import as_step
-    return as_step(spec.step, spec.arch, spec.recipe)
+    from .catalog import load_file
+    step = load_file(spec.step_file)
+    name = spec.step.partition(".")[2]
+    step = step.variant(name) if name else step
+    if step.source_hash != spec.step_hash:
+        raise RunError(f"{spec.step_file} changed since this run started (source hash "
+                       f"{step.source_hash}, the run's {spec.step_hash}): it is another "
+                       "experiment now; start a new run")
+    return step
 
 
 def new_run_id(spec: Spec) -> str:
@@ -125,19 +145,25 @@ def epoch_line(r: EpochResult, total: int) -> str:
 
 
 def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: torch.device,
-            amp: bool, resume: RunRow | None = None,
+            amp: bool, resume: RunRow | None = None, step: Step | None = None,
             log: Callable[[str], None] = print) -> RunRow:
-    """Train `spec` (or continue the interrupted run `resume`), recording as it goes."""
-    step = resolve_step(spec)
+    """Train `spec` (or continue the interrupted run `resume`), recording as it goes.
+
+    `step` is the spec's step when the caller holds it already (one defined in a notebook);
+    otherwise it is resolved from the spec. The run is claimed in the store with a lease that
+    a heartbeat renews: a second process asking for the same run is refused.
+    """
+    step = step or resolve_step(spec)
     data = prepare(mnist, device, val=spec.val, train_limit=spec.train_limit,
                    eval_limit=spec.eval_limit, test=spec.test)
     state = new_state(step, spec.recipe, data, spec.seed, device)
+    owner = new_owner()
     if resume is not None:
         run_id, run_dir = resume.id, Path(resume.run_dir)
         ckpt = load_checkpoint(run_dir / CHECKPOINT)
+        store.claim(run_id, owner)
         state.load_state_dict(ckpt["state"])
         prior_seconds = ckpt["wall_seconds"]
-        store.set_status(run_id, "running")
         # The checkpoint is the record of what ran: epochs it holds that the store lost (a
         # store restored from an older copy under a live run) are written back.
         for result in state.history[len(store.epochs(run_id)):]:
@@ -145,54 +171,123 @@ def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: to
         log(f"resuming {run_id} after epoch {len(state.history)}")
     else:
         run_id = new_run_id(spec)
-        run_dir = out_dir / run_id
-        run_dir.mkdir(parents=True)
+        run_dir = (out_dir / run_id).resolve()
+        try:
+            run_dir.mkdir(parents=True)
+        except OSError as e:
+            raise RunError(f"cannot create the run folder {run_dir} ({e.strerror or e})") from None
         commit, dirty = git_info()
         row = RunRow(run_id, spec.step, spec.seed, spec.protocol, spec.recipe.to_dict(),
                      count_parameters(state.model), code_hash(), commit, dirty,
                      torch.__version__, str(device), int(amp), str(run_dir),
-                     socket.gethostname(), os.getpid(), now(), None, "running", None)
+                     socket.gethostname(), os.getpid(), now(), None, "running", None,
+                     source_hash=step.source_hash, source_file=step.source_file,
+                     source=step.source)
+        try:
+            store.add_run(row, owner)
+        except RunClaimed:
+            run_dir.rmdir()
+            raise
         (run_dir / CONFIG).write_text(json.dumps({**asdict(row), "spec": spec.to_dict()}, indent=2))
-        store.add_run(row)
         prior_seconds = 0.0
     t0 = time.perf_counter()
 
     def on_epoch(result: EpochResult, st: TrainState) -> None:
-        store.add_epoch(run_id, asdict(result))
         wall = prior_seconds + time.perf_counter() - t0
-        save_atomic({"spec": spec.to_dict(), "state": st.state_dict(), "wall_seconds": wall},
-                    run_dir / CHECKPOINT)
-        (run_dir / METRICS).write_text(json.dumps([asdict(h) for h in st.history], indent=1))
+        # The checkpoint first: an epoch in the store is always one a resume can start after.
+        try:
+            save_atomic({"spec": spec.to_dict(), "state": st.state_dict(), "wall_seconds": wall},
+                        run_dir / CHECKPOINT)
+            (run_dir / METRICS).write_text(json.dumps([asdict(h) for h in st.history], indent=1))
+        except OSError as e:
+            raise RunError(f"could not write the checkpoint of epoch {result.epoch} in {run_dir} "
+                           f"({e.strerror or e}); the run stops after epoch {result.epoch - 1}: "
+                           f"free space, then `ladder run --resume {run_id}`") from None
+        store.add_epoch(run_id, asdict(result))
+
+    def stop(status: str, note: str | None = None) -> None:
+        try:
+            store.set_status(run_id, status, prior_seconds + time.perf_counter() - t0, note=note)
+            store.release(run_id, owner)
+        except StoreError:
+            pass  # the store is gone: the folder keeps the run (see `ladder run --resume`)
 
     try:
-        for result in fit(step, data, spec.recipe, seed=spec.seed, amp=amp, state=state,
-                          on_epoch=on_epoch):
-            log(epoch_line(result, spec.recipe.epochs))
+        with Heartbeat(store.path, run_id, owner):
+            for result in fit(step, data, spec.recipe, seed=spec.seed, amp=amp, state=state,
+                              on_epoch=on_epoch):
+                log(epoch_line(result, spec.recipe.epochs))
     except KeyboardInterrupt:
-        store.set_status(run_id, "interrupted", prior_seconds + time.perf_counter() - t0)
+        stop("interrupted")
         raise
+    except StoreError as e:
+        stop("interrupted")
+        raise StoreError(f"{e}; the run folder {run_dir} keeps every finished epoch: "
+                         f"`ladder run --resume {run_dir}` continues it and records it in the "
+                         "store again") from None
     except BaseException as e:
-        store.set_status(run_id, "failed", prior_seconds + time.perf_counter() - t0,
-                         note=f"{type(e).__name__}: {e}")
+        stop("failed", f"{type(e).__name__}: {e}")
         raise
     save_atomic({"step": spec.step, "arch": spec.arch, "params": count_parameters(state.model),
                  "state_dict": state.eval_model.state_dict()}, run_dir / WEIGHTS)
     if (run_dir / WEIGHTS).stat().st_size <= STORE_WEIGHTS_MAX_BYTES:
         store.put_weights(run_id, (run_dir / WEIGHTS).read_bytes())
     store.set_status(run_id, "finished", prior_seconds + time.perf_counter() - t0)
+    store.release(run_id, owner)
     return store.run(run_id)
 
 
-def weights_file(row: RunRow, store: Store) -> Path | None:
-    """A finished run's model.pt; restored from the results store when its run folder is
-    gone (the store travels with the project, run folders do not)."""
+def register_folder(run_dir: Path, store: Store) -> RunRow:
+    """A run folder whose run is not in `store` (the store was deleted or replaced under it,
+    or the folder was copied from elsewhere) enters it again, with every epoch its checkpoint
+    holds, as an interrupted run that can be resumed."""
+    try:
+        config = json.loads((run_dir / CONFIG).read_text())
+    except (OSError, ValueError) as e:
+        raise RunError(f"{run_dir}: not a run folder (no readable {CONFIG})") from e
+    ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    known = {f.name for f in dataclasses.fields(RunRow)}
+    row = RunRow(**{k: v for k, v in config.items() if k in known})
+    row = dataclasses.replace(row, run_dir=str(run_dir.resolve()), status="interrupted",
+                              lease_owner=None, lease_until=None)
+    store.add_run(row)
+    for h in ckpt["state"]["history"]:
+        store.add_epoch(row.id, h)
+    store.set_status(row.id, "interrupted", ckpt["wall_seconds"],
+                     note=f"re-registered from its folder {run_dir}")
+    return store.run(row.id)
+
+
+def weights_file(row: RunRow, store) -> Path | None:
+    """A finished run's model.pt: its run folder's, else the copy in the results store, which
+    is checked first and then kept in the user's cache (never written where a store row says:
+    a store is data, not a list of places to write)."""
+    from .data import default_cache_dir
     path = Path(row.run_dir) / WEIGHTS
-    if not path.is_file() and (data := store.weights(row.id)) is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    return path if path.is_file() else None
+    if path.is_absolute() and path.is_file():
+        return path
+    cached = default_cache_dir() / "weights" / f"{row.id}.pt"
+    if cached.is_file():
+        return cached
+    if (data := store.weights(row.id)) is None:
+        return None
+    try:
+        torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise RunError(f"run {row.id}: the weights in the store are not a loadable model "
+                       f"({_first_line(e)})") from None
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_name(cached.name + f".{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(cached)
+    return cached
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's first line, without torch's advice to load unsafely."""
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    return first.split(" In PyTorch 2.6")[0].split("weights_only=False")[0].rstrip(" ,(.")
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -202,8 +297,8 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RunError(f"{path}: not a loadable checkpoint ({first})") from e
+        raise RunError(f"{path}: not a loadable checkpoint ({_first_line(e)}); files that "
+                       "need arbitrary code to load are refused") from None
 
 
 # ---------------------------------------------------------------- many runs
@@ -223,9 +318,9 @@ def made_by_other_code(task: Task, store: Store) -> RunRow | None:
     """A finished run of this task's configuration that older (or other) code made: the task
     runs again, since a result is tied to the code that produced it."""
     key = (task.spec.step, task.spec.seed, task.spec.protocol, task.spec.recipe)
-    if store.find_finished(*key, code_hash()):
+    if store.find_finished(*key, code_hash(), task.spec.step_hash):
         return None
-    return store.find_finished(*key, None)
+    return store.find_finished(*key, None, task.spec.step_hash)
 
 
 def run_task(task: Task) -> tuple[str, str]:
@@ -235,11 +330,15 @@ def run_task(task: Task) -> tuple[str, str]:
     torch.set_num_threads(task.threads)
     with Store(task.db) as store:
         key = (task.spec.step, task.spec.seed, task.spec.protocol, task.spec.recipe,
-               code_hash())
+               code_hash(), task.spec.step_hash)
         if done := store.find_finished(*key):
             return done.id, "skipped (already finished with this recipe and code)"
         resume = store.find_resumable(*key)
         name = f"{task.spec.step} seed {task.spec.seed}"
-        row = execute(task.spec, load(), store, Path(task.out_dir), device=torch.device(task.device),
-                      amp=task.amp, resume=resume, log=lambda s: print(f"[{name}] {s}", flush=True))
+        try:
+            row = execute(task.spec, load(), store, Path(task.out_dir), device=torch.device(task.device),
+                          amp=task.amp, resume=resume,
+                          log=lambda s: print(f"[{name}] {s}", flush=True))
+        except RunClaimed as e:
+            return resume.id if resume else "-", f"skipped: {e}"
         return row.id, "resumed and finished" if resume else "finished"

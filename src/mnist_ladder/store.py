@@ -1,14 +1,25 @@
 """The results store: every run and every epoch in SQLite (write-ahead log, so a report can
 read while runs write). An epoch is keyed by (run, epoch): a resumed run rewrites, never
-duplicates, the epoch it was in."""
+duplicates, the epoch it was in.
+
+Reading never writes: a store opened for reading is opened read-only (a committed reference
+store stays byte-identical, and a read-only file can be read); columns added by later versions
+are added only when a store is opened for writing. A run is claimed with a lease that its
+process renews (a heartbeat), so two processes can never train one run, and a dead run is
+known by its lapsed lease, not by whether some process holds its old pid.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import sqlite3
-from dataclasses import asdict, dataclass
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,9 +63,26 @@ CREATE TABLE IF NOT EXISTS weights (  -- a finished run's final model.pt, so tha
 );
 """
 
+# Columns added since the first version: (name, SQL type). An older store gets them when it is
+# next opened for writing; until then readers see their defaults.
+ADDED_COLUMNS = (
+    ("source_hash", "TEXT"),  # a user step's source: part of the run's identity
+    ("source_file", "TEXT"),
+    ("source", "TEXT"),
+    ("lease_owner", "TEXT"),  # who trains the run now, and until when (unix seconds)
+    ("lease_until", "REAL"),
+    ("layout", "TEXT"),  # the memory layout the run trained in
+)
+LEASE_SECONDS = 60.0  # a run whose lease lapsed this long ago has no live process
+HEARTBEAT_SECONDS = 15.0
+
 
 class StoreError(RuntimeError):
     pass
+
+
+class RunClaimed(StoreError):
+    """Another process holds this run's lease."""
 
 
 # The project's reference results (committed with it) live in `results/` at the root of the
@@ -105,11 +133,22 @@ class RunRow:
     status: str
     wall_seconds: float | None
     note: str | None = None
+    source_hash: str | None = None
+    source_file: str | None = None
+    source: str | None = None
+    lease_owner: str | None = None
+    lease_until: float | None = None
+    layout: str | None = None
 
     @property
     def effective_status(self) -> str:
-        """A 'running' row whose process is gone (killed, machine slept) was interrupted."""
-        if self.status == "running" and self.host == socket.gethostname() and not _alive(self.pid):
+        """A 'running' row whose lease lapsed (killed, machine slept) was interrupted. Rows
+        written before leases existed fall back to whether their process is alive."""
+        if self.status != "running":
+            return self.status
+        if self.lease_until is not None:
+            return "running" if self.lease_until > time.time() else "interrupted"
+        if self.host == socket.gethostname() and not _alive(self.pid):
             return "interrupted"
         return self.status
 
@@ -125,19 +164,34 @@ def _alive(pid: int) -> bool:
 
 
 class Store:
-    def __init__(self, path: Path | str | None = None, *, create: bool = True) -> None:
+    """One SQLite results store. `readonly` (the default for `create=False`) opens it without
+    ever writing to it; otherwise it is created and migrated as needed."""
+
+    def __init__(self, path: Path | str | None = None, *, create: bool = True,
+                 readonly: bool | None = None) -> None:
         self.path = Path(path) if path else default_db_path()
-        if not create and not self.path.exists():
+        self.readonly = (not create) if readonly is None else readonly
+        if not create and not self.path.is_file():
             raise StoreError(f"no results store at {self.path}")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=30)
+            if self.readonly:
+                self.db = _connect_readonly(self.path)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(self.path, timeout=30)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA foreign_keys=ON")
+                self.db.executescript(SCHEMA)
+                have = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
+                with self.db:
+                    for name, kind in ADDED_COLUMNS:
+                        if name not in have:
+                            self.db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
             self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self.db.executescript(SCHEMA)
-        except sqlite3.Error as e:
+            self.db.execute("SELECT 1 FROM runs LIMIT 1")  # a file that is not a store fails here
+        except (sqlite3.Error, OSError) as e:
             raise StoreError(f"results store {self.path}: {e}") from e
+        self._identity = _file_identity(self.path)
 
     def close(self) -> None:
         self.db.close()
@@ -148,17 +202,44 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _check_same_file(self) -> None:
+        """SQLite keeps writing to a deleted file through its open handle: a store deleted or
+        replaced under a live run would silently lose the run. Refuse instead."""
+        if _file_identity(self.path) != self._identity:
+            raise StoreError(f"the results store {self.path} was deleted or replaced while this "
+                             "process was writing to it")
+
     # -------------------------------------------------------- writing
 
-    def add_run(self, row: RunRow) -> None:
+    def add_run(self, row: RunRow, owner: str | None = None) -> None:
+        """Insert a run. With `owner`, the run is claimed in the same transaction, and refused
+        while another process trains the same configuration (two `ladder ladder` at once)."""
+        self._check_same_file()
         d = asdict(row)
         d["recipe"] = json.dumps(row.recipe, sort_keys=True)
+        if owner is not None:
+            d.update(lease_owner=owner, lease_until=time.time() + LEASE_SECONDS)
         cols = ", ".join(d)
-        with self.db:
+        self.db.execute("BEGIN IMMEDIATE")  # the check and the insert as one atomic step
+        try:
+            if owner is not None:
+                twin = self.db.execute(
+                    "SELECT id FROM runs WHERE step=? AND seed=? AND protocol=? AND recipe=? "
+                    "AND source_hash IS ? AND status='running' AND lease_until > ?",
+                    (row.step, row.seed, row.protocol, d["recipe"], row.source_hash,
+                     time.time())).fetchone()
+                if twin is not None:
+                    raise RunClaimed(f"{row.step} seed {row.seed} ({row.protocol}) is being "
+                                     f"trained by another process now (run {twin[0]})")
             self.db.execute(f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(d))})",
                             tuple(d.values()))
+        except BaseException:
+            self.db.rollback()
+            raise
+        self.db.commit()
 
     def add_epoch(self, run_id: str, epoch: dict) -> None:
+        self._check_same_file()
         cols = ["run_id", *epoch]
         with self.db:
             self.db.execute(
@@ -166,12 +247,14 @@ class Store:
                 f"VALUES ({', '.join('?' * len(cols))})", (run_id, *epoch.values()))
 
     def put_weights(self, run_id: str, data: bytes) -> None:
+        self._check_same_file()
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO weights (run_id, data) VALUES (?, ?)",
                             (run_id, data))
 
     def set_status(self, run_id: str, status: str, wall_seconds: float | None = None,
                    note: str | None = None) -> None:
+        self._check_same_file()
         finished = now() if status != "running" else None
         with self.db:
             self.db.execute(
@@ -181,16 +264,44 @@ class Store:
 
     # -------------------------------------------------------- reading
 
+    # -------------------------------------------------------- claiming a run
+
+    def claim(self, run_id: str, owner: str) -> None:
+        """Take the run's lease, atomically: refused while another owner's lease is live."""
+        self._check_same_file()
+        with self.db:
+            cur = self.db.execute(
+                "UPDATE runs SET lease_owner=?, lease_until=?, status='running', pid=?, host=? "
+                "WHERE id=? AND (lease_until IS NULL OR lease_until < ? OR lease_owner = ?)",
+                (owner, time.time() + LEASE_SECONDS, os.getpid(), socket.gethostname(), run_id,
+                 time.time(), owner))
+        if cur.rowcount != 1:
+            row = self.run(run_id)
+            raise RunClaimed(f"run {run_id} is being trained by another process "
+                             f"({row.host}, pid {row.pid}); its lease runs until "
+                             f"{datetime.fromtimestamp(row.lease_until or 0, UTC):%H:%M:%S} UTC")
+
+    def release(self, run_id: str, owner: str) -> None:
+        with self.db:
+            self.db.execute("UPDATE runs SET lease_until=NULL, lease_owner=NULL "
+                            "WHERE id=? AND lease_owner=?", (run_id, owner))
+
+    # -------------------------------------------------------- reading
+
     def _row(self, r: sqlite3.Row) -> RunRow:
         d = dict(r)
         d["recipe"] = json.loads(d["recipe"])
-        return RunRow(**d)
+        known = {f.name for f in fields(RunRow)}
+        return RunRow(**{k: v for k, v in d.items() if k in known})
 
     def runs(self, step: str | None = None, status: str | None = None) -> list[RunRow]:
         q, args = "SELECT * FROM runs", []
         if step:
             q, args = q + " WHERE step = ?", [step]
-        rows = [self._row(r) for r in self.db.execute(q + " ORDER BY started, id", args)]
+        try:
+            rows = [self._row(r) for r in self.db.execute(q + " ORDER BY started, id", args)]
+        except sqlite3.Error as e:
+            raise StoreError(f"results store {self.path}: {e}") from e
         return [r for r in rows if status is None or r.effective_status == status]
 
     def run(self, run_id: str) -> RunRow:
@@ -208,19 +319,127 @@ class Store:
         return None if r is None else bytes(r["data"])
 
     def find_finished(self, step: str, seed: int, protocol: str, recipe: Recipe,
-                      code_hash: str | None) -> RunRow | None:
-        """A finished run of this configuration, made by this code (any code: None)."""
+                      code_hash: str | None, source_hash: str | None = None) -> RunRow | None:
+        """A finished run of this configuration, made by this code (any code: None). A user
+        step's source is part of the configuration: an edited step file is another experiment."""
         for r in self.runs(step):
-            if ((r.seed, r.protocol, r.status) == (seed, protocol, "finished")
+            if ((r.seed, r.protocol, r.status, r.source_hash) == (seed, protocol, "finished",
+                                                                  source_hash)
                     and code_hash in (None, r.code_hash) and recipe.matches(r.recipe)):
                 return r
         return None
 
     def find_resumable(self, step: str, seed: int, protocol: str, recipe: Recipe,
-                       code_hash: str) -> RunRow | None:
+                       code_hash: str, source_hash: str | None = None) -> RunRow | None:
         """The interrupted run of this configuration that got furthest (the latest if tied):
         two attempts can both have been cut, and the shorter one must not win."""
         found = [r for r in self.runs(step)
-                 if (r.seed, r.protocol, r.code_hash) == (seed, protocol, code_hash)
+                 if (r.seed, r.protocol, r.code_hash, r.source_hash)
+                 == (seed, protocol, code_hash, source_hash)
                  and r.effective_status == "interrupted" and recipe.matches(r.recipe)]
         return max(found, key=lambda r: (len(self.epochs(r.id)), r.started), default=None)
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """Open without writing anything: mode=ro. A store in WAL mode whose folder cannot take
+    the -shm file (a read-only checkout) is opened as immutable instead."""
+    uri = path.resolve().as_uri()
+    try:
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
+        db.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+        return db
+    except sqlite3.OperationalError:
+        return sqlite3.connect(f"{uri}?immutable=1", uri=True)
+
+
+def new_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class Heartbeat:
+    """Renews a run's lease every few seconds from a thread with its own connection, until
+    stopped: the lease lapses within a minute of the process dying, however it died."""
+
+    def __init__(self, path: Path, run_id: str, owner: str,
+                 every: float = HEARTBEAT_SECONDS) -> None:
+        self.path, self.run_id, self.owner, self.every = path, run_id, owner, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name=f"lease-{run_id}")
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                db = sqlite3.connect(self.path, timeout=30)
+                with db:
+                    db.execute("UPDATE runs SET lease_until=? WHERE id=? AND lease_owner=?",
+                               (time.time() + LEASE_SECONDS, self.run_id, self.owner))
+                db.close()
+            except sqlite3.Error:
+                pass  # a missed beat; the epoch writes in the main thread report a lost store
+
+
+class Stores:
+    """Several stores read as one (the user's working store, then the reference results): the
+    reading half of `Store`'s interface. A run id names one run in all of them."""
+
+    def __init__(self, paths: Iterable[Path]) -> None:
+        self.stores: list[Store] = []
+        seen: set[Path] = set()
+        for p in paths:
+            if p.resolve() in seen or not p.is_file():
+                continue
+            seen.add(p.resolve())
+            self.stores.append(Store(p, create=False))
+        self.path = self.stores[0].path if self.stores else None
+
+    def close(self) -> None:
+        for s in self.stores:
+            s.close()
+
+    def __enter__(self) -> Stores:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def runs(self, step: str | None = None, status: str | None = None) -> list[RunRow]:
+        rows: dict[str, RunRow] = {}
+        for s in self.stores:
+            for r in s.runs(step, status):
+                rows.setdefault(r.id, r)
+        return sorted(rows.values(), key=lambda r: (r.started, r.id))
+
+    def _owner(self, run_id: str) -> Store:
+        for s in self.stores:
+            if s.db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone():
+                return s
+        where = ", ".join(str(s.path) for s in self.stores) or "no store"
+        raise StoreError(f"no run {run_id!r} in {where}")
+
+    def run(self, run_id: str) -> RunRow:
+        return self._owner(run_id).run(run_id)
+
+    def epochs(self, run_id: str) -> list[dict]:
+        return self._owner(run_id).epochs(run_id)
+
+    def weights(self, run_id: str) -> bytes | None:
+        return self._owner(run_id).weights(run_id)
+
+    def origin(self, run_id: str) -> Path:
+        return self._owner(run_id).path

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from . import augment as aug
 from .data import MEAN, MNIST, STD
@@ -135,81 +135,6 @@ def make_scheduler(opt: torch.optim.Optimizer, r: Recipe, steps_per_epoch: int):
 
 
 @dataclass
-class EpochResult:
-    epoch: int
-    lr: float
-    train_loss: float
-    train_acc: float
-    test_loss: float | None
-    test_acc: float | None
-    seconds: float
-    val_loss: float | None = None
-    val_acc: float | None = None
-
-
-def _progress(total: int, desc: str) -> tqdm:
-    # A bar on a terminal; nothing per batch when piped (the epoch line says it all).
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr,
-                disable=not sys.stderr.isatty())
-
-
-def train(model: nn.Module, data: DeviceData, optimizer: torch.optim.Optimizer,
-          scheduler, per_batch: bool, recipe: Recipe,
-          generator: torch.Generator, amp: bool, desc: str = "",
-          ema: AveragedModel | None = None) -> tuple[float, float]:
-    """One epoch; returns (mean loss, accuracy %) over the augmented training images."""
-    model.train()
-    n, device, batch_size = len(data.train_y), data.train_y.device, recipe.batch_size
-    # The epoch's images, shuffled, augmented and normalized in a few large chunks: batches are
-    # then plain slices, and per-batch work is only the model's.
-    # Written chunk by chunk into one buffer: concatenating would hold the epoch twice at peak.
-    order = torch.randperm(n, generator=generator, device=device)
-    x_epoch = torch.empty(n, 1, 28, 28, device=device)
-    for start, idx in zip(range(0, n, EPOCH_CHUNK), order.split(EPOCH_CHUNK), strict=True):
-        x_epoch[start:start + len(idx)] = normalize(
-            aug.augment(to_unit(data.train_x[idx]), recipe.augment, generator))
-    y_epoch = data.train_y[order]
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    with _progress(math.ceil(n / batch_size), desc) as bar:
-        for start in range(0, n, batch_size):
-            x, y = x_epoch[start:start + batch_size], y_epoch[start:start + batch_size]
-            with autocast(device, amp):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if per_batch:
-                scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            bar.update()
-    return loss_sum.item() / n, 100.0 * correct.item() / n
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, amp: bool = False,
-            batch_size: int = 2000) -> torch.Tensor:
-    """Logits (float32) for normalized images x, in large batches."""
-    model.eval()
-    with autocast(x.device, amp):
-        return torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
-
-
-def test(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool = False) -> tuple[float, float]:
-    """(mean loss, accuracy %) on a held-out set."""
-    logits = predict(model, x, amp)
-    loss = F.cross_entropy(logits, y).item()
-    return loss, 100.0 * (logits.argmax(1) == y).float().mean().item()
-
-
-# ---------------------------------------------------------------- fit
-
-
-@dataclass
 class TrainState:
     """Everything needed to continue a run exactly where it stopped."""
 
@@ -249,6 +174,89 @@ class TrainState:
         if sd["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(sd["cuda_rng"])
         self.history = [EpochResult(**h) for h in sd["history"]]
+
+
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    lr: float
+    train_loss: float
+    train_acc: float
+    test_loss: float | None
+    test_acc: float | None
+    seconds: float
+    val_loss: float | None = None
+    val_acc: float | None = None
+
+
+def in_notebook() -> bool:
+    return "ipykernel" in sys.modules
+
+
+def _progress(total: int, desc: str) -> tqdm:
+    # A bar on a terminal or in a notebook (tqdm.auto picks the widget there); nothing per
+    # batch when piped (the epoch line says it all).
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr,
+                disable=not (in_notebook() or sys.stderr.isatty()))
+
+
+def train(state: TrainState, data: DeviceData, recipe: Recipe, amp: bool = False,
+          desc: str = "") -> tuple[float, float]:
+    """One epoch of `state`'s model and optimizer; returns (mean loss, accuracy %) over the
+    augmented training images."""
+    model, optimizer, scheduler, ema = state.model, state.optimizer, state.scheduler, state.ema
+    generator = state.generator
+    model.train()
+    n, device, batch_size = len(data.train_y), data.train_y.device, recipe.batch_size
+    # The epoch's images, shuffled, augmented and normalized in a few large chunks: batches are
+    # then plain slices, and per-batch work is only the model's.
+    # Written chunk by chunk into one buffer: concatenating would hold the epoch twice at peak.
+    order = torch.randperm(n, generator=generator, device=device)
+    x_epoch = torch.empty(n, 1, 28, 28, device=device)
+    for start, idx in zip(range(0, n, EPOCH_CHUNK), order.split(EPOCH_CHUNK), strict=True):
+        x_epoch[start:start + len(idx)] = normalize(
+            aug.augment(to_unit(data.train_x[idx]), recipe.augment, generator))
+    y_epoch = data.train_y[order]
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    with _progress(math.ceil(n / batch_size), desc) as bar:
+        for start in range(0, n, batch_size):
+            x, y = x_epoch[start:start + batch_size], y_epoch[start:start + batch_size]
+            with autocast(device, amp):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if state.per_batch:
+                scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            bar.update()
+    return loss_sum.item() / n, 100.0 * correct.item() / n
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor, amp: bool = False,
+            batch_size: int = 2000) -> torch.Tensor:
+    """Logits (float32) for normalized images x, in large batches."""
+    model.eval()
+    with autocast(x.device, amp):
+        return torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
+
+
+def test(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool = False) -> tuple[float, float]:
+    """(mean loss, accuracy %) on a held-out set."""
+    logits = predict(model, x, amp)
+    loss = F.cross_entropy(logits, y).item()
+    return loss, 100.0 * (logits.argmax(1) == y).float().mean().item()
+
+
+# ---------------------------------------------------------------- fit
 
 
 def ema_update(decay: float):
@@ -321,10 +329,8 @@ def fit(step: Step, data: DeviceData, recipe: Recipe, *, seed: int = 1, amp: boo
         # longer fit the distorted digits gets to fit the real ones while the LR anneals.
         epoch_recipe = (recipe if epoch <= recipe.epochs - recipe.clean_last
                         else replace(recipe, augment=aug.Augment()))
-        train_loss, train_acc = train(state.model, data, state.optimizer, state.scheduler,
-                                      state.per_batch, epoch_recipe, state.generator, amp,
-                                      desc=f"{step.name} epoch {epoch}/{recipe.epochs}",
-                                      ema=state.ema)
+        train_loss, train_acc = train(state, data, epoch_recipe, amp,
+                                      desc=f"{step.name} epoch {epoch}/{recipe.epochs}")
         if state.scheduler is not None and not state.per_batch:
             state.scheduler.step()
         scores = {name: test(state.eval_model, x, y, amp) for name, (x, y) in data.eval_sets.items()}

@@ -28,10 +28,17 @@ STEPS: dict[str, Step] = {m.STEP.name: m.STEP for m in _MODULES}
 
 
 class UnknownStep(KeyError):
+    """A step name that is neither built in nor the user's: the message names the valid ones."""
+
+    def __init__(self, name: str, known: tuple[str, ...] | None = None) -> None:
+        super().__init__(name, known)
+
     def __str__(self) -> str:
+        known = self.args[1] or tuple(STEPS)
         variants = [f"{s.name}.{v.name}" for s in STEPS.values() for v in s.tried]
-        return (f"unknown step {self.args[0]!r}; valid steps: {', '.join(STEPS)}"
-                + (f"; variants: {', '.join(variants)}" if variants else ""))
+        return (f"unknown step {self.args[0]!r}; valid steps: {', '.join(known)}"
+                + (f"; variants: {', '.join(variants)}" if variants else "")
+                + "; or the path of a step file (.py)")
 
 
 def get(name: str) -> Step:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -76,25 +78,43 @@ class Variant:
 
 @dataclass(frozen=True)
 class Step:
+    """One rung of a ladder: what it aims at, the network, how it is trained, what it showed.
+
+    The built-in steps live in this package; a step of your own is the same object, defined in
+    a Python file of yours as `STEP = Step(...)` (see `ladder new`) or in a notebook cell.
+    """
+
     name: str
-    title: str
-    target: tuple[str, ...]
-    build: Callable[[], nn.Module]
+    title: str  # what this step changes, in a few words
+    build: Callable[[], nn.Module]  # a fresh, untrained network returning logits [N, 10]
     recipe: Recipe
-    analysis: tuple[str, ...]
-    params: int  # pinned: a test checks the built model against it
+    target: tuple[str, ...] = ()
+    analysis: tuple[str, ...] = ()
+    params: int | None = None  # pinned: checked against the built model; None: counted here
     seed: SeedResults | None = None
     mean_final_goal: float | None = None  # a target on the seeds' mean final test accuracy
     tried: tuple[Variant, ...] = ()  # alternatives compared on validation, shown in the report
     builds_on: str | None = None  # the step it changes, when not the one before it
     parent: str | None = None  # set on a variant: the step it varies
+    # A step defined outside the package: its source text (the file, or what `inspect` recovers
+    # from a notebook cell) and the file it came from. Its hash is part of a run's identity.
+    source: str | None = None
+    source_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.params is None:
+            from ..models import count_parameters
+            object.__setattr__(self, "params", count_parameters(self.build()))
+
+    @property
+    def source_hash(self) -> str | None:
+        return None if self.source is None else hashlib.sha256(self.source.encode()).hexdigest()[:16]
 
     def variant(self, name: str) -> Step:
-        from ..models import count_parameters  # a variant's count is whatever its model has
         v = next((v for v in self.tried if v.name == name), None)
         if v is None:
             raise KeyError(name)
-        build = v.build or self.build
-        return Step(name=f"{self.name}.{v.name}", title=v.change, target=self.target,
-                    build=build, recipe=v.recipe or self.recipe, analysis=(),
-                    params=count_parameters(build()), parent=self.name)
+        return dataclasses.replace(
+            self, name=f"{self.name}.{v.name}", title=v.change, build=v.build or self.build,
+            recipe=v.recipe or self.recipe, analysis=(), params=None, seed=None,
+            mean_final_goal=None, tried=(), builds_on=None, parent=self.name)
