@@ -10,10 +10,11 @@ import os
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from mnist_ladder import steps
-from mnist_ladder.report import write_report
+from mnist_ladder.report import ReportError, write_report
 from mnist_ladder.store import RunRow, Store
 
 GOLDEN = Path(__file__).parent / "golden" / "REPORT.md"
@@ -122,13 +123,37 @@ def test_a_step_is_compared_with_the_step_it_builds_on(tmp_path: Path) -> None:
     assert "Versus step11" not in step12  # step12 builds on step9, which has no runs here
 
 
-def test_missing_or_broken_store_still_renders(tmp_path: Path) -> None:
-    text = write_report(tmp_path / "nope.db", tmp_path / "REPORT.md", None)[0].read_text()
-    assert "no results store" in text and "step6" in text
-    bad = tmp_path / "bad.db"
-    bad.write_bytes(b"this is not a database" * 100)
-    text = write_report(bad, tmp_path / "REPORT2.md", None)[0].read_text()
-    assert "## Skipped" in text and "results store" in text
+@pytest.mark.parametrize("store", ["missing", "not a database"])
+def test_a_store_that_cannot_be_read_leaves_the_old_report_as_it_was(tmp_path: Path,
+                                                                      store: str) -> None:
+    db = make_store(tmp_path)
+    out, _ = write_report(db, tmp_path / "REPORT.md", None)
+    old_text = out.read_text()
+    figures = sorted(p.name for p in (tmp_path / "report").iterdir())
+    (tmp_path / "report" / "sweep-kept.md").write_text("another page kept in report/")
+    bad = tmp_path / "typo.db"
+    if store == "not a database":
+        bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ReportError, match="nothing written"):
+        write_report(bad, out, None)
+    assert out.read_text() == old_text
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == sorted(
+        [*figures, "sweep-kept.md"])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report-")]
+
+
+def test_a_new_report_removes_only_the_figures_the_old_one_wrote(tmp_path: Path) -> None:
+    db = make_store(tmp_path)
+    write_report(db, tmp_path / "REPORT.md", None)
+    assert (tmp_path / "report" / "step4-test-curves.png").is_file()
+    (tmp_path / "report" / "sweep-kept.png").write_bytes(b"a figure the report did not write")
+    with Store(db) as s:  # step4's runs go: its figure must go with them, the other stays
+        s.db.execute("DELETE FROM runs WHERE step = 'step4'")
+        s.db.commit()
+    text = write_report(db, tmp_path / "REPORT.md", None)[0].read_text()
+    assert "step4-test-curves.png" not in text
+    assert not (tmp_path / "report" / "step4-test-curves.png").exists()
+    assert (tmp_path / "report" / "sweep-kept.png").is_file()
 
 
 def cells(line: str) -> int:

@@ -7,8 +7,11 @@ from the step definitions (Target, Analysis) and from rules applied to those num
 from __future__ import annotations
 
 import math
+import re
+import shutil
 import sqlite3
 import statistics
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,13 +21,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from . import steps
+from . import compare, steps
+from .catalog import Catalog
+from .compare import LAST, TARGET
 from .experiment import weights_file
-from .store import RunRow, Store, StoreError
+from .results import run_sets
+from .store import RunRow, StoreError, Stores
 from .summary import summary_table
 
-TARGET = 99.4
-LAST = 3  # "held" means: in each of the last 3 epochs
+
+class ReportError(RuntimeError):
+    """The report cannot be built (no store to read): the old report is left as it was."""
 
 
 @dataclass
@@ -67,6 +74,17 @@ class StepResults:
     step: steps.Step
     protocol: str
     runs: list[SeedRun] = field(default_factory=list)
+    epochs: int = 15
+
+    @property
+    def label(self) -> str:
+        """The protocol, and the epoch count when it is not the step's own (a quick run)."""
+        short = self.epochs != self.step.recipe.epochs
+        return f"{self.protocol}-{self.epochs}ep" if short else self.protocol
+
+    def side(self) -> compare.Side:
+        return compare.Side(self.step.name, self.step.params, self.step.recipe, self.protocol,
+                            {r.row.seed: r.epochs for r in self.runs})
 
     def stat(self, attr: str) -> tuple[float, float, float]:
         vals = [getattr(r, attr) for r in self.runs]
@@ -84,40 +102,23 @@ def fmt(mean: float, std: float, n: int) -> str:
 # ---------------------------------------------------------------- gathering
 
 
-def gather(store: Store, skipped: list[str]) -> dict[tuple[str, str], StepResults]:
-    """Per (step, protocol): the latest finished run of each seed, with the step's own recipe."""
+def gather(stores, ladder: Catalog, skipped: list[str]) -> dict[tuple[str, str], StepResults]:
+    """Per (step, protocol and length): the latest finished run of each seed with the step's
+    own model and recipe (see results.run_sets)."""
     out: dict[tuple[str, str], StepResults] = {}
-    latest: dict[tuple[str, str, int], RunRow] = {}
-    for row in store.runs():
-        status = row.effective_status
-        if "." in row.step or row.protocol.startswith("val-only"):
-            continue  # design runs: see gather_tried
-        if row.step not in steps.STEPS:
+    known = set(ladder.steps)
+    for row in stores.runs():
+        if row.step.partition(".")[0] not in known:
             why = ("a searched architecture (see `ladder sweep report`)" if row.step.startswith("trial-")
                    else f"step {row.step!r} is not defined in this version")
             skipped.append(f"{row.id}: {why}")
-            continue
-        if status != "finished":
-            skipped.append(f"{row.id}: {status}, not finished")
-            continue
-        if ":" in row.protocol:
-            skipped.append(f"{row.id}: trained on a data subset ({row.protocol})")
-            continue
-        if not steps.get(row.step).recipe.matches(row.recipe):
-            skipped.append(f"{row.id}: recipe differs from {row.step}'s (e.g. --epochs)")
-            continue
-        if row.params != steps.get(row.step).params:
-            skipped.append(f"{row.id}: {row.params:,} parameters; {row.step} now has "
-                           f"{steps.get(row.step).params:,} (an earlier definition)")
-            continue
-        latest[(row.step, row.protocol, row.seed)] = row  # runs come oldest first
-    for (step, protocol, _seed), row in sorted(latest.items(), key=lambda kv: kv[0][2]):
-        epochs = store.epochs(row.id)
-        if len(epochs) != row.recipe["epochs"]:
-            skipped.append(f"{row.id}: {len(epochs)} of {row.recipe['epochs']} epochs stored")
-            continue
-        res = out.setdefault((step, protocol), StepResults(steps.get(step), protocol))
-        res.runs.append(SeedRun(row, epochs))
+    for step in ladder:
+        for s in run_sets(stores, step, skipped):
+            if s.protocol == "val-only":
+                continue  # design runs: see gather_tried
+            res = StepResults(step, s.protocol, [SeedRun(row, e) for _, (row, e)
+                                                 in sorted(s.runs.items())], s.epochs)
+            out[(step.name, res.label)] = res
     return out
 
 
@@ -148,7 +149,7 @@ class Tried:
                 f"({min(finals):.2f}) | {delta} | {statistics.fmean(last):.2f} | {holding}/{n} |")
 
 
-def gather_tried(store: Store, skipped: list[str]) -> dict[str, list[Tried]]:
+def gather_tried(store, ladder: Catalog, skipped: list[str]) -> dict[str, list[Tried]]:
     """Per ladder step: its own design runs and its variants' (protocol val-only), seed by seed."""
     out: dict[str, dict[str, Tried]] = {}
     latest: dict[tuple[str, int], RunRow] = {}
@@ -156,7 +157,7 @@ def gather_tried(store: Store, skipped: list[str]) -> dict[str, list[Tried]]:
         if row.protocol != "val-only":
             continue
         try:
-            step = steps.get(row.step)
+            step = ladder.get(row.step)
         except steps.UnknownStep:
             skipped.append(f"{row.id}: design run of {row.step!r}, not defined in this version")
             continue
@@ -172,15 +173,15 @@ def gather_tried(store: Store, skipped: list[str]) -> dict[str, list[Tried]]:
         if len(epochs) != row.recipe["epochs"]:
             skipped.append(f"{row.id}: {len(epochs)} of {row.recipe['epochs']} epochs stored")
             continue
-        step = steps.get(name)
+        step = ladder.get(name)
         parent = step.parent or step.name
         change = step.title if step.parent else "**the step as defined**"
         tried = out.setdefault(parent, {}).setdefault(name, Tried(step, change))
         tried.curves.append([e["val_acc"] for e in epochs])
-    for parent, step in steps.STEPS.items():  # what each step says it tried, run here or not
+    for parent, step in ladder.steps.items():  # what each step says it tried, run here or not
         for v in step.tried:
             name = f"{parent}.{v.name}"
-            out.setdefault(parent, {}).setdefault(name, Tried(steps.get(name), v.change))
+            out.setdefault(parent, {}).setdefault(name, Tried(ladder.get(name), v.change))
     return {parent: sorted(t.values(), key=lambda t: (t.step.parent is not None, not t.curves,
                                                       t.step.name))
             for parent, t in out.items()}
@@ -229,11 +230,11 @@ def plot_curves(res: StepResults, path: Path) -> None:
     plt.close(fig)
 
 
-def predictions(weights: Path, run: SeedRun, images: torch.Tensor) -> torch.Tensor:
+def predictions(weights: Path, step: steps.Step, images: torch.Tensor) -> torch.Tensor:
     from .experiment import load_checkpoint
     from .train import normalize, predict, to_unit
     sd = load_checkpoint(weights)["state_dict"]
-    model = steps.get(run.row.step).build()
+    model = step.build()
     model.load_state_dict(sd)
     return predict(model, normalize(to_unit(images))).argmax(1)
 
@@ -346,15 +347,27 @@ def observations(res: StepResults, prev: StepResults | None) -> list[str]:
                f"on average within a seed; the final accuracy varies by ± {final_std:.2f} across "
                "seeds.")
     if prev is not None:
-        pf, _, _ = prev.stat("final_test")
-        dp = res.step.params - prev.step.params
-        out.append(f"Versus {prev.step.name}: {dp:+,} parameters, final test accuracy "
-                   f"{final - pf:+.2f} points ({pf:.2f} → {final:.2f}).")
+        out.append(versus(prev, res))
     return out
 
 
+def versus(prev: StepResults, res: StepResults) -> str:
+    """The step against the one it builds on: the difference over seeds with its 95% interval
+    and a plain verdict, at the last epoch both have."""
+    c = compare.compare(prev.side(), res.side())
+    a = statistics.fmean(c.a_values.values())
+    b = statistics.fmean(c.b_values.values())
+    where = ("final test accuracy" if c.epoch == res.epochs == prev.epochs
+             else f"test accuracy at epoch {c.epoch}")
+    diff = (f"{c.interval.diff:+.2f} ± {c.interval.half_width:.2f}" if c.interval
+            else f"{b - a:+.2f}")
+    return (f"Versus {prev.step.name}: {res.step.params - prev.step.params:+,} parameters, "
+            f"{where} {diff} points ({a:.2f} → {b:.2f}; ± is the 95% interval over seeds): "
+            f"{c.verdict}.")
+
+
 def step_section(res: StepResults, prev: StepResults | None, figs: Path, rel: str,
-                 mnist_test: tuple[torch.Tensor, torch.Tensor] | None, store: Store | None,
+                 mnist_test: tuple[torch.Tensor, torch.Tensor] | None, store: Stores | None,
                  skipped: list[str], tried: list[Tried] | None = None) -> list[str]:
     s, n = res.step, len(res.runs)
     seeds = ", ".join(str(r.row.seed) for r in res.runs)
@@ -369,7 +382,8 @@ def step_section(res: StepResults, prev: StepResults | None, figs: Path, rel: st
     best_label = ("Test accuracy at the best validation epoch" if res.protocol == "val"
                   else "Best test accuracy")
     lines += ["", "### Results", "",
-              f"Protocol: **{res.protocol}**; {n} seed(s) ({seeds}); mean ± std over seeds.", "",
+              f"Protocol: **{res.protocol}**, {res.epochs} epochs; {n} seed(s) ({seeds}); "
+              "mean ± std over seeds.", "",
               f"- Parameters: {s.params:,}",
               f"- Best training accuracy: {fmt(train, train_std, n)}",
               f"- {best_label}: {fmt(best, best_std, n)} (min {best_min:.2f})",
@@ -386,7 +400,7 @@ def step_section(res: StepResults, prev: StepResults | None, figs: Path, rel: st
     lines += [f"- {o}" for o in observations(res, prev)]
     if tried:
         lines += tried_section(tried)
-    tag = f"{s.name}-{res.protocol}"
+    tag = f"{s.name}-{res.label}"
     plot_curves(res, figs / f"{tag}-curves.png")
     lines += ["", f"![{s.name} curves]({rel}/{tag}-curves.png)"]
     run = res.runs[0]
@@ -397,7 +411,7 @@ def step_section(res: StepResults, prev: StepResults | None, figs: Path, rel: st
                        f"folder {run.row.run_dir} is missing its model.pt, and the store has none)")
     else:
         images, labels = mnist_test
-        pred = predictions(weights, run, images)
+        pred = predictions(weights, s, images)
         title = f"{s.name}, seed {run.row.seed}"
         wrong = plot_misclassified(pred, images, labels, title, figs / f"{tag}-misclassified.png")
         plot_confusion(pred, labels, title, figs / f"{tag}-confusion.png")
@@ -421,42 +435,68 @@ def overview(results: list[StepResults]) -> list[str]:
         doc = (f"{max(res.step.seed.test_curve):.2f} / {res.step.seed.test_curve[-1]:.2f}"
                if res.step.seed else "-")
         wall = statistics.fmean(r.row.wall_seconds or 0 for r in res.runs)
-        lines.append(f"| {res.step.name} | {res.protocol} | {res.step.params:,} | {n} | "
+        lines.append(f"| {res.step.name} | {res.label} | {res.step.params:,} | {n} | "
                      f"{fmt(best, best_std, n)} | {fmt(final, final_std, n)} ({final_min:.2f}) | "
                      f"{res.seeds_holding}/{n} | {doc} | {wall:.0f} s |")
     return lines
 
 
-def write_report(db: Path, out: Path, mnist_test: tuple[torch.Tensor, torch.Tensor] | None
-                 ) -> tuple[Path, list[str]]:
-    """Write `out` (REPORT.md) and its figures beside it in `report/`; returns what was skipped."""
+def write_report(db: Path | list[Path], out: Path,
+                 mnist_test: tuple[torch.Tensor, torch.Tensor] | None,
+                 ladder: Catalog | None = None) -> tuple[Path, list[str]]:
+    """Write `out` (REPORT.md) and its figures beside it in `report/`, from one store or
+    several read as one; returns what was skipped.
+
+    Built in a temporary folder and swapped in only when complete: a store that cannot be
+    read is an error and leaves the old report as it was. Of `report/`, only the figures the
+    old report referenced are replaced; other files kept there stay.
+    """
+    paths = [Path(p) for p in ([db] if isinstance(db, str | Path) else db)]
+    ladder = ladder or Catalog({})
+    if not any(p.is_file() for p in paths):
+        raise ReportError("no results store at " + " or ".join(str(p) for p in paths)
+                          + "; nothing written")
+    out = Path(out)
     figs = out.parent / "report"
-    figs.mkdir(parents=True, exist_ok=True)
-    for old in figs.glob("*.png"):
-        old.unlink()
     skipped: list[str] = []
-    try:
-        with Store(db, create=False) as store:
-            return _write(store, db, out, figs, mnist_test, skipped)
-    except (StoreError, sqlite3.Error) as e:
-        skipped.append(f"results store: {e}")
-        return _write(None, db, out, figs, mnist_test, skipped)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".report-") as tmp:
+        new_figs = Path(tmp) / "report"
+        new_figs.mkdir()
+        try:
+            with Stores(paths) as stores:
+                text = _write(stores, paths, new_figs, mnist_test, skipped, ladder)
+        except (StoreError, sqlite3.Error) as e:
+            raise ReportError(f"{e}; nothing written") from e
+        figs.mkdir(parents=True, exist_ok=True)
+        old_figures = _figures(out.read_text()) if out.is_file() else set()
+        for name in old_figures - {f.name for f in new_figs.iterdir()}:
+            (figs / name).unlink(missing_ok=True)
+        for f in new_figs.iterdir():
+            shutil.move(f, figs / f.name)
+        tmp_out = Path(tmp) / out.name
+        tmp_out.write_text(text)
+        tmp_out.replace(out)
+    return out, skipped
 
 
-def _write(store: Store | None, db: Path, out: Path, figs: Path,
+def _figures(report_text: str) -> set[str]:
+    """The figures a report references (report/NAME.png): the ones it wrote."""
+    return set(re.findall(r"\]\(report/([^)/]+\.png)\)", report_text))
+
+
+def _write(stores: Stores, paths: list[Path], figs: Path,
            mnist_test: tuple[torch.Tensor, torch.Tensor] | None,
-           skipped: list[str]) -> tuple[Path, list[str]]:
-    if store is None:
-        grouped, tried, runs_total = {}, {}, 0
-    else:
-        grouped = gather(store, skipped)
-        tried = gather_tried(store, skipped)
-        runs_total = len(store.runs())
-    order = {name: i for i, name in enumerate(steps.STEPS)}
-    results = sorted(grouped.values(), key=lambda r: (order[r.step.name], r.protocol))
+           skipped: list[str], ladder: Catalog) -> str:
+    grouped = gather(stores, ladder, skipped)
+    tried = gather_tried(stores, ladder, skipped)
+    runs_total = len(stores.runs())
+    order = {name: i for i, name in enumerate(ladder.steps)}
+    results = sorted(grouped.values(), key=lambda r: (order[r.step.name], r.label))
+    names = " and ".join(f"`{p.name}`" if len(paths) == 1 else f"`{p}`" for p in paths
+                         if p.is_file())
     lines = ["# MNIST ladder: report", "",
-             f"Regenerated by `ladder report` from the results store `{db.name}` "
-             f"({runs_total} runs). Every number below is computed from stored epochs.",
+             f"Regenerated by `ladder report` from the results store{'s' if len(paths) > 1 else ''} "
+             f"{names} ({runs_total} runs). Every number below is computed from stored epochs.",
              "Protocols: **test** is the seed's (train on 60,000, test after every epoch); "
              "**val** trains on 50,000 and picks the best epoch on the last 10,000 training "
              "images, reporting test accuracy at that epoch.", ""]
@@ -470,11 +510,12 @@ def _write(store: Store | None, db: Path, out: Path, figs: Path,
     done: dict[tuple[str, str], StepResults] = {}
     for res in results:
         base = res.step.builds_on  # compared with the step it changes, not merely the one before
-        prev = done.get((base, res.protocol)) if base else prev_by_protocol.get(res.protocol)
-        lines += step_section(res, prev, figs, "report", mnist_test, store, skipped,
+        prev = (done.get((base, res.protocol)) or grouped.get((base, res.protocol)) if base
+                else prev_by_protocol.get(res.label))
+        lines += step_section(res, prev, figs, "report", mnist_test, stores, skipped,
                               tried.pop(res.step.name, None) if res.protocol == "test" else None)
-        prev_by_protocol[res.protocol] = done[res.step.name, res.protocol] = res
-    missing = [s for s in steps.STEPS if s not in {r.step.name for r in results}]
+        prev_by_protocol[res.label] = done[res.step.name, res.label] = res
+    missing = [s for s in ladder.steps if s not in {r.step.name for r in results}]
     if missing:
         lines += ["## Steps without results", "", ", ".join(missing), ""]
     for parent, t in tried.items():  # design runs of a step with no final runs yet
@@ -482,5 +523,4 @@ def _write(store: Store | None, db: Path, out: Path, figs: Path,
             lines += [f"## {parent}: design runs only", *tried_section(t)]
     if skipped:
         lines += ["## Skipped", ""] + [f"- {s}" for s in skipped] + [""]
-    out.write_text("\n".join(lines))
-    return out, skipped
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""Which stored runs are a step's results, and which accuracy is the headline.
+
+A step's results are its finished runs, the latest per seed, made with the step's own model
+and recipe (the epoch count aside: a user's 2-epoch runs are results too, grouped apart from
+15-epoch ones) and, for a step of the user's, from the same source. The headline of a run is
+its final test accuracy (validation accuracy for design runs that never saw the test set).
+Everything that reports, compares or picks "the best" goes through here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from dataclasses import dataclass, field
+
+from .compare import LAST, MIN_SEEDS, TARGET, Side
+from .steps import Step
+from .store import RunRow
+
+BUDGET = 8_000  # the mission's parameter budget
+
+
+def headline_key(protocol: str) -> str:
+    return "val_acc" if protocol.startswith("val-only") else "test_acc"
+
+
+@dataclass
+class RunSet:
+    """One step's finished runs of one protocol and length: the latest run of each seed."""
+
+    step: Step
+    protocol: str
+    epochs: int
+    runs: dict[int, tuple[RunRow, list[dict]]] = field(default_factory=dict)
+
+    @property
+    def finals(self) -> list[float]:
+        key = headline_key(self.protocol)
+        return [e[-1][key] for _, e in self.runs.values()]
+
+    @property
+    def mean_final(self) -> float:
+        return statistics.fmean(self.finals)
+
+    def side(self, label: str | None = None) -> Side:
+        return Side(label or self.step.name, self.step.params, self.recipe, self.protocol,
+                    {seed: e for seed, (_, e) in sorted(self.runs.items())}, self.step.build())
+
+    @property
+    def recipe(self):
+        return dataclasses.replace(self.step.recipe, epochs=self.epochs)
+
+
+def is_result_of(row: RunRow, step: Step) -> bool:
+    """Whether a stored run is a run of `step` as it is defined now."""
+    recipe = dataclasses.replace(step.recipe, epochs=row.recipe.get("epochs", step.recipe.epochs))
+    return (row.step == step.name and row.effective_status == "finished"
+            and ":" not in row.protocol  # runs on data subsets are checks, not results
+            and row.params == step.params and row.source_hash == step.source_hash
+            and recipe.matches(row.recipe))
+
+
+def run_sets(stores, step: Step, skipped: list[str] | None = None) -> list[RunSet]:
+    """`step`'s results in `stores` (a Store or Stores), grouped by protocol and epochs."""
+    groups: dict[tuple[str, int], RunSet] = {}
+    for row in stores.runs(step.name):  # oldest first: a later run of a seed replaces it
+        if not is_result_of(row, step):
+            if skipped is not None:
+                skipped.append(f"{row.id}: {why_not(row, step)}")
+            continue
+        epochs = stores.epochs(row.id)
+        if len(epochs) != row.recipe["epochs"]:
+            if skipped is not None:
+                skipped.append(f"{row.id}: {len(epochs)} of {row.recipe['epochs']} epochs stored")
+            continue
+        key = (row.protocol, row.recipe["epochs"])
+        groups.setdefault(key, RunSet(step, *key)).runs[row.seed] = (row, epochs)
+    return sorted(groups.values(), key=lambda s: (s.protocol, -s.epochs))
+
+
+def why_not(row: RunRow, step: Step) -> str:
+    status = row.effective_status
+    if status != "finished":
+        return f"{status}, not finished"
+    if ":" in row.protocol:
+        return f"trained on a data subset ({row.protocol})"
+    if row.params != step.params:
+        return f"{row.params:,} parameters; {step.name} now has {step.params:,} (an earlier definition)"
+    if row.source_hash != step.source_hash:
+        return f"made from another version of {step.source_file or step.name}'s source"
+    return f"recipe differs from {step.name}'s"
+
+
+def main_set(sets: list[RunSet], protocol: str | None = None) -> RunSet | None:
+    """The set that speaks for a step: the most seeds; then the test protocol; then the
+    longest runs."""
+    sets = [s for s in sets if protocol is None or s.protocol == protocol]
+    return max(sets, key=lambda s: (len(s.runs), s.protocol == "test", s.epochs), default=None)
+
+
+def best_run(stores, steps: list[Step]) -> tuple[RunRow, str] | None:
+    """`best`: of the steps under the 8,000 budget with at least 3 seeds of full-length
+    test-protocol runs, the one with the highest mean final test accuracy; of its runs, the
+    one with the highest final test accuracy. Returns the run and a sentence saying why."""
+    candidates = []
+    for step in steps:
+        if step.params >= BUDGET or step.parent:
+            continue
+        s = main_set([x for x in run_sets(stores, step) if x.epochs == step.recipe.epochs], "test")
+        if s is not None and len(s.runs) >= MIN_SEEDS:
+            candidates.append(s)
+    if not candidates:
+        return None
+    top = max(candidates, key=lambda s: s.mean_final)
+    row, epochs = max(top.runs.values(), key=lambda r: r[1][-1]["test_acc"])
+    why = (f"best: {top.step.name} ({top.step.params:,} parameters) has the highest mean final "
+           f"test accuracy under {BUDGET:,} parameters, {top.mean_final:.2f} over "
+           f"{len(top.runs)} seeds; its best run is {row.id} (seed {row.seed}, final "
+           f"{epochs[-1]['test_acc']:.2f})")
+    return row, why
+
+
+def held(epochs: list[dict], key: str = "test_acc") -> bool:
+    """≥ 99.4 in each of the last 3 epochs."""
+    return len(epochs) >= LAST and all(e[key] >= TARGET for e in epochs[-LAST:])
+
+
+def verdict_line(row: RunRow, epochs: list[dict], reference: RunSet | None) -> str:
+    """What a user came to learn from a run: the budget, whether 99.4 held, and how it
+    compares with the step's reference results over seeds."""
+    key = headline_key(row.protocol)
+    final = epochs[-1][key]
+    metric = "val" if key == "val_acc" else "test"
+    budget = (f"{row.params:,} parameters ({'under' if row.params < BUDGET else 'over'} the "
+              f"{BUDGET:,} budget)")
+    hold = (f"{TARGET} {'held' if held(epochs, key) else 'not held'} in each of the last "
+            f"{LAST} epochs" if len(epochs) >= LAST else f"{len(epochs)} epoch(s): too few to "
+            f"judge whether {TARGET} holds")
+    line = f"verdict: {budget}; final {metric} {final:.2f}; {hold}"
+    if reference is None:
+        return line + "; no reference results for this step to compare with"
+    n = len(reference.runs)
+    at = len(epochs)
+    ref_at = [e[at - 1][key] for _, e in reference.runs.values() if len(e) >= at]
+    if not ref_at:
+        return line + "; the reference runs are shorter than this one"
+    where = "" if at == reference.epochs else f" at epoch {at} of their {reference.epochs}"
+    return (line + f" — reference{where}: mean {statistics.fmean(ref_at):.2f}, seeds "
+            f"{min(ref_at):.2f}–{max(ref_at):.2f} ({n} seed{'s' if n != 1 else ''})")
