@@ -23,6 +23,9 @@ from . import steps
 from .models import count_parameters
 from .steps import Step, UnknownStep
 
+# Step files being run right now: a file that looks steps up (`ml.step("step6")`) while it
+# loads must not load itself again.
+_loading: set[Path] = set()
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")  # no '.', which separates a step from its variant
 
 
@@ -88,12 +91,15 @@ def load_file(path: Path | str) -> Step:
     module = importlib.util.module_from_spec(spec)
     module.__file__ = str(path)
     sys.modules[module_name] = module
+    _loading.add(path.resolve())
     try:
         exec(code, module.__dict__)
     except Exception as e:  # whatever the user's file raises, reported as one line
-        del sys.modules[module_name]
+        sys.modules.pop(module_name, None)
         raise StepFileError(f"{path}: running the file failed ({type(e).__name__}: "
                             f"{_first_line(e)})") from None
+    finally:
+        _loading.discard(path.resolve())
     step = getattr(module, "STEP", None)
     if not isinstance(step, Step):
         raise StepFileError(f"{path}: defines no STEP (a mnist_ladder.Step; "
@@ -146,7 +152,7 @@ def catalog(steps_dir: Path | str | None = None) -> Catalog:
         raise StepFileError(f"{folder}: no such steps folder")
     user: dict[str, Step] = {}
     for path in sorted(folder.glob("*.py")):
-        if path.name.startswith("_"):
+        if path.name.startswith("_") or path.resolve() in _loading:
             continue
         step = load_file(path)
         if step.name in user:

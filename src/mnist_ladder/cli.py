@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import signal
 import sys
 from collections.abc import Sequence
@@ -12,17 +13,24 @@ from pathlib import Path
 import torch
 
 from . import data, steps
+from .catalog import Catalog, StepFileError, catalog
+from .compare import CompareError
 from .experiment import RunError, execute, make_spec
 from .models import count_parameters
 from .predict import PredictError
+from .report import ReportError
 from .steps import UnknownStep
-from .store import Store, StoreError, default_db_path
+from .store import Store, StoreError, Stores, default_db_path, reference_db_path, reference_dir
 from .summary import summary_table
 from .sweep import SweepError
 from .train import ConfigError, pick_amp, pick_device
 
 
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:  # every command's --help shows its defaults
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # one line, no usage dump
         self.exit(2, f"{self.prog}: error: {message}\n")
 
@@ -47,9 +55,37 @@ def seed_int(text: str) -> int:
     return v
 
 
-def step_name(text: str) -> str:
-    steps.get(text)  # raises UnknownStep naming the valid ones
-    return text
+# ---------------------------------------------------------------- stores and steps
+
+
+def ladder_of(a: argparse.Namespace) -> Catalog:
+    """The built-in steps and the user's (--steps-dir, $MNIST_LADDER_STEPS or ./steps)."""
+    return catalog(getattr(a, "steps_dir", None))
+
+
+def write_db(a: argparse.Namespace) -> Path:
+    """The store a command writes: the user's working store unless told otherwise; the
+    reference results only when asked for by name (--reference, or --db naming them)."""
+    if getattr(a, "reference", False):
+        return reference_db_path()
+    return Path(a.db) if a.db else default_db_path()
+
+
+def read_dbs(a: argparse.Namespace) -> list[Path]:
+    """The stores a command reads: the user's, then the reference results (so a step of the
+    user's is compared with ours without re-running ours); --reference: ours alone."""
+    if getattr(a, "reference", False):
+        return [reference_db_path()]
+    return [Path(a.db) if a.db else default_db_path(), reference_db_path()]
+
+
+def open_stores(a: argparse.Namespace) -> Stores:
+    paths = read_dbs(a)
+    stores = Stores(paths)
+    if not stores.stores:
+        raise StoreError("no results store at " + " or ".join(str(p) for p in paths)
+                         + " (run a step first: `ladder run step6`)")
+    return stores
 
 
 # ---------------------------------------------------------------- commands
@@ -62,15 +98,23 @@ def cmd_data(a: argparse.Namespace) -> int:
 
 
 def cmd_list(a: argparse.Namespace) -> int:
-    for s in steps.STEPS.values():
-        print(f"{s.name:<7} {s.params:>10,}  {s.title}: {s.target[0]}")
-        for v in s.tried:
-            print(f"  {s.name}.{v.name}  ({steps.get(f'{s.name}.{v.name}').params:,}): {v.change}")
+    ladder = ladder_of(a)
+    width = max(len(s.name) for s in ladder)
+    print(f"{'step':<{width}}  {'parameters':>10}  what it changes")
+    for s in ladder:
+        mine = f"  [{Path(s.source_file).name}]" if s.source_file else ""
+        print(f"{s.name:<{width}}  {s.params:>10,}  {s.title}{mine}")
+        if a.all:
+            for v in s.tried:
+                print(f"{'':<{width}}    .{v.name} ({ladder.get(f'{s.name}.{v.name}').params:,}): "
+                      f"{v.change}")
+    if not a.all and any(s.tried for s in ladder):
+        print(f"({sum(len(s.tried) for s in ladder)} variants tried on the way: `ladder list --all`)")
     return 0
 
 
 def cmd_summary(a: argparse.Namespace) -> int:
-    step = steps.get(a.step)
+    step = ladder_of(a).get(a.step)
     print(f"{step.name}: {step.title}")
     print(summary_table(step.build()))
     return 0
@@ -82,27 +126,36 @@ def _device_and_amp(a: argparse.Namespace) -> tuple[torch.device, bool]:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    from .experiment import Spec, load_checkpoint, register_folder, resolve_step
+    from .results import main_set, run_sets, verdict_line
     device, amp = _device_and_amp(a)
     if a.threads:
         torch.set_num_threads(a.threads)
-    with Store(a.db) as store:
+    with Store(write_db(a)) as store:
         resume = None
         if a.resume:
-            resume = store.run(a.resume)
+            folder = Path(a.resume)
+            if folder.is_dir() and (folder / "config.json").is_file():
+                run_id = json.loads((folder / "config.json").read_text())["id"]
+                try:
+                    resume = store.run(run_id)
+                except StoreError:  # the store lost it (deleted or replaced under the run)
+                    resume = register_folder(folder, store)
+                    print(f"{run_id} was not in {store.path}: recorded again from its folder")
+            else:
+                resume = store.run(a.resume)
             if resume.effective_status == "finished":
                 raise RunError(f"run {resume.id} already finished")
             if resume.effective_status == "running":
-                raise RunError(f"run {resume.id} is still running (pid {resume.pid})")
-            from .experiment import Spec, load_checkpoint, resolve_step
+                raise RunError(f"run {resume.id} is still running (pid {resume.pid} on {resume.host})")
             spec = Spec.from_dict(load_checkpoint(Path(resume.run_dir) / "checkpoint.pt")["spec"])
             step = resolve_step(spec)
         elif a.from_trial:
             from . import sweep
-            from .experiment import Spec, resolve_step
             name, _, number = a.from_trial.rpartition(":")
             if not name or not number.isdigit():
                 raise sweep.SweepError(f"--from-trial {a.from_trial!r}: use STUDY:TRIAL_NUMBER")
-            url = a.storage or sweep.default_storage(Path(a.db or default_db_path()))
+            url = a.storage or sweep.default_storage(store.path)
             arch, recipe, _ = sweep.trial_config(name, int(number), url)
             recipe = dataclasses.replace(recipe, epochs=a.epochs or recipe.epochs,
                                          batch_size=a.batch_size or recipe.batch_size)
@@ -110,22 +163,30 @@ def cmd_run(a: argparse.Namespace) -> int:
                         a.eval_limit, arch)
             step = resolve_step(spec)
         else:
-            step = steps.get(a.step)
+            step = ladder_of(a).get(a.step)
             spec = make_spec(step, a.seed, epochs=a.epochs, batch_size=a.batch_size,
                              val=a.val or a.val_only, train_limit=a.train_limit,
                              eval_limit=a.eval_limit, test=not a.val_only)
         model = step.build()
         print(f"{step.name}: {step.title}  ({count_parameters(model):,} parameters, "
               f"device {device}, {'bf16 autocast' if amp else 'fp32'}"
-              + (f", CPU threads: {torch.get_num_threads()})" if device.type == "cpu" else ")"))
+              + (f", CPU threads: {torch.get_num_threads()})" if device.type == "cpu" else ")")
+              + f"; results go to {store.path}")
         print(summary_table(model))
         mnist = data.load(a.data_dir, a.idx_dir)
-        row = execute(spec, mnist, store, a.out, device=device, amp=amp, resume=resume)
+        row = execute(spec, mnist, store, a.out, device=device, amp=amp, resume=resume, step=step)
         hist = store.epochs(row.id)
-        key = "test_acc" if spec.test else "val_acc"
-        best = max(h[key] for h in hist)
-        print(f"run {row.id}: best {key[:-4]} {best:.2f}%, final {hist[-1][key]:.2f}%, "
-              f"{row.wall_seconds:.0f}s -> {row.run_dir}")
+    key = "test_acc" if spec.test else "val_acc"
+    best = max(h[key] for h in hist)
+    print(f"run {row.id}: best {key[:-4]} {best:.2f}%, final {hist[-1][key]:.2f}%, "
+          f"{row.wall_seconds:.0f}s -> {row.run_dir}")
+    reference = None
+    if reference_db_path().is_file():
+        with Store(reference_db_path(), create=False) as ref:
+            sets = [s for s in run_sets(ref, step) if s.runs.pop(
+                next((seed for seed, (r, _) in s.runs.items() if r.id == row.id), None), True)]
+            reference = main_set([s for s in sets if s.runs], row.protocol)
+    print(verdict_line(row, hist, reference))
     return 0
 
 
@@ -146,7 +207,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def parse_steps(text: str) -> list[str]:
-    return [step_name(s.strip()) for s in text.split(",") if s.strip()]
+    return [s.strip() for s in text.split(",") if s.strip()]
 
 
 def cmd_ladder(a: argparse.Namespace) -> int:
@@ -156,15 +217,18 @@ def cmd_ladder(a: argparse.Namespace) -> int:
 
     from .experiment import Task, made_by_other_code, run_task
     device, amp = _device_and_amp(a)
+    ladder = ladder_of(a)
+    chosen = [ladder.get(name) for name in (a.steps or list(ladder.steps))]
     data.fetch(a.data_dir, a.idx_dir)  # once, before any worker needs it
-    db = str(a.db or default_db_path())
+    db = str(write_db(a))
     Store(db).close()
     threads = a.threads or (max(1, (os.cpu_count() or 1) // a.jobs) if device.type == "cpu" else 1)
-    tasks = [Task(make_spec(steps.get(name), seed, val=a.val or a.val_only, epochs=a.epochs,
+    tasks = [Task(make_spec(step, seed, val=a.val or a.val_only, epochs=a.epochs,
                             train_limit=a.train_limit, eval_limit=a.eval_limit,
                             test=not a.val_only),
                   db, str(a.out), str(device), amp, threads)
-             for seed in a.seeds for name in a.steps]
+             for seed in a.seeds for step in chosen]
+    a.steps = [s.name for s in chosen]
     print(f"{len(tasks)} runs: steps {', '.join(a.steps)} x seeds {a.seeds}; {a.jobs} job(s)")
     with Store(db) as store:
         rerun = [(t, row) for t in tasks if (row := made_by_other_code(t, store))]
@@ -189,16 +253,23 @@ def cmd_ladder(a: argparse.Namespace) -> int:
 
 def cmd_report(a: argparse.Namespace) -> int:
     from .report import write_report
-    db = a.db or default_db_path()
+    dbs = read_dbs(a)
+    if a.report_path:
+        out = a.report_path
+    elif getattr(a, "reference", False):
+        out = reference_dir().parent / "REPORT.md"
+    else:
+        out = dbs[0].parent / "REPORT.md"  # the user's report, beside the user's store
     try:
         mnist = data.load(a.data_dir, a.idx_dir)
         test = (mnist.test_images, mnist.test_labels)
     except data.DataError as e:
         print(f"ladder: MNIST unavailable, figures of models skipped ({e})", file=sys.stderr)
         test = None
-    out, skipped = write_report(Path(db), a.report_path, test)
-    print(f"wrote {out} and {out.parent / 'report'}/" + (f" ({len(skipped)} item(s) skipped, "
-          "listed at its end)" if skipped else ""))
+    out, skipped = write_report(dbs, out, test, ladder_of(a))
+    print(f"wrote {out} and {out.parent / 'report'}/ from "
+          + " + ".join(str(p) for p in dbs if p.is_file())
+          + (f" ({len(skipped)} item(s) skipped, listed at its end)" if skipped else ""))
     return 0
 
 
@@ -206,7 +277,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
     import json
 
     from .predict import expand, load_model, predict_files, resolve_run, save_seen
-    model, step_name = load_model(resolve_run(a.run, a.db))
+    with open_stores(a) as stores:
+        model, step_name = load_model(resolve_run(a.run, stores, say=_say))
     files, notes = expand(a.images)
     preds, problems = predict_files(model, files)
     if a.json:
@@ -232,7 +304,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from .export import export
     from .predict import load_model, resolve_run
-    weights = resolve_run(a.run, a.db)
+    with open_stores(a) as stores:
+        weights = resolve_run(a.run, stores, say=_say)
     model, step_name = load_model(weights)
     suffix = ".onnx" if a.format == "onnx" else ".pt"
     out = a.out or weights.with_name(f"{step_name}{suffix}")
@@ -243,7 +316,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 def cmd_sweep(a: argparse.Namespace) -> int:
     from . import sweep
-    url = a.storage or sweep.default_storage(Path(a.db or default_db_path()))
+    url = a.storage or sweep.default_storage(write_db(a))
     if a.what:
         if a.what[0] != "report" or len(a.what) != 2:
             raise sweep.SweepError("use `ladder sweep --study NAME ...` or `ladder sweep report NAME`")
@@ -267,36 +340,128 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     return 0
 
 
+def _say(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
 def cmd_runs(a: argparse.Namespace) -> int:
-    with Store(a.db, create=False) as store:
-        rows = store.runs(a.step)
+    db = reference_db_path() if a.reference else write_db(a)
+    if not db.is_file():
+        ref = reference_db_path()
+        hint = (f" ({len(Store(ref, create=False).runs())} reference runs: `ladder runs "
+                "--reference`)") if ref.is_file() and not a.reference else ""
+        print(f"no runs in {db} yet{hint}")
+        return 0
+    with Store(db, create=False) as store:
+        rows = sorted(store.runs(a.step), key=lambda r: (r.started, r.id), reverse=True)
+        total = len(rows)
+        rows = rows[:a.limit] if a.limit else rows
         if not rows:
-            print("no runs")
+            print(f"no runs{f' of {a.step}' if a.step else ''} in {db}")
+            return 0
+        width = max(len(r.id) for r in rows)
+        print(f"{'run':<{width}}  {'started (UTC)':<19}  {'status':<11}  {'protocol':<22}  "
+              f"{'epochs':>6}  {'final':>11}  {'parameters':>10}")
         for r in rows:
             hist = store.epochs(r.id)
             key = "val_acc" if r.protocol.startswith("val-only") else "test_acc"
-            final = f"{hist[-1][key]:.2f}" if hist else "-"
-            print(f"{r.id:<36} {r.effective_status:<11} {r.protocol:<8} epochs {len(hist):>2}/"
-                  f"{r.recipe['epochs']:<2} final {key[:-4]:<4} {final:>6}  {r.params:>9,} params")
+            final = f"{key[:-4]} {hist[-1][key]:.2f}" if hist and hist[-1][key] is not None else "-"
+            print(f"{r.id:<{width}}  {r.started[:19].replace('T', ' '):<19}  "
+                  f"{r.effective_status:<11}  {r.protocol:<22}  "
+                  f"{len(hist):>3}/{r.recipe['epochs']:<2}  {final:>11}  {r.params:>10,}")
+        if len(rows) < total:
+            print(f"({total - len(rows)} older run(s) not shown: --limit)")
     return 0
 
 
 def cmd_show(a: argparse.Namespace) -> int:
     from .experiment import epoch_line
+    from .steps import Recipe
     from .train import EpochResult
-    with Store(a.db, create=False) as store:
-        r = store.run(a.run)
+    with open_stores(a) as stores:
+        r = stores.run(a.run)
         print(f"run {r.id}  step {r.step}  seed {r.seed}  protocol {r.protocol}  "
-              f"status {r.effective_status}")
+              f"status {r.effective_status}  (in {stores.origin(r.id)})")
         print(f"params {r.params:,}  device {r.device}  amp {bool(r.amp)}  torch {r.torch_version}"
               f"  code {r.code_hash}  git {r.git_commit or '-'}{' (dirty)' if r.git_dirty else ''}")
+        if r.source_file:
+            print(f"step file {r.source_file}  source hash {r.source_hash}")
         print(f"started {r.started}  finished {r.finished or '-'}  wall "
               f"{r.wall_seconds or 0:.0f}s  folder {r.run_dir}")
-        print(f"recipe {r.recipe}")
-        for h in store.epochs(r.id):
+        print("recipe:")
+        recipe = Recipe.from_dict(r.recipe)
+        for f in dataclasses.fields(recipe):
+            value = getattr(recipe, f.name)
+            if dataclasses.is_dataclass(value):
+                value = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(value).items())
+            print(f"  {f.name:<20} {value}")
+        for h in stores.epochs(r.id):
             h.pop("run_id")
             print(epoch_line(EpochResult(**h), r.recipe["epochs"]))
     return 0
+
+
+def cmd_new(a: argparse.Namespace) -> int:
+    from .starter import starter_file
+    ladder = ladder_of(a)
+    parent = ladder.get(a.from_step)
+    if a.name in ladder.steps:
+        raise StepFileError(f"a step named {a.name!r} exists already; choose another name")
+    out = a.out or (a.steps_dir or Path("steps")) / f"{a.name}.py"
+    if out.exists():
+        raise StepFileError(f"{out} exists already; not overwritten")
+    text = starter_file(a.name, parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    try:
+        from .catalog import load_file
+        load_file(out)
+    except StepFileError:
+        out.unlink()
+        raise
+    print(f"wrote {out}: {a.name}, a copy of {parent.name} to edit. Then: "
+          f"`ladder run {out} --seed 1`, and `ladder compare {parent.name} {a.name}`")
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    import json
+
+    from . import compare
+    from .results import main_set, run_sets
+    ladder = ladder_of(a)
+    with open_stores(a) as stores:
+        sides = []
+        for name in (a.a, a.b):
+            if not looks_like_step(name, ladder):
+                row = stores.run(name)  # a run id: one seed
+                step = ladder.get(row.step) if looks_like_step(row.step, ladder) else None
+                sides.append(compare.Side(
+                    name, row.params, steps.Recipe.from_dict(row.recipe), row.protocol,
+                    {row.seed: stores.epochs(row.id)}, step.build() if step else None))
+                continue
+            step = ladder.get(name)
+            found = main_set(run_sets(stores, step))
+            if found is None:
+                raise CompareError(
+                    f"{step.name} has no finished runs in " + " or ".join(
+                        str(s.path) for s in stores.stores)
+                    + f"; start some: `ladder ladder --steps {name} --seeds 3`")
+            sides.append(found.side(name))
+        c = compare.compare(*sides)
+    if a.json:
+        print(json.dumps(compare.to_json(c), indent=1))
+    else:
+        print(compare.format_text(c))
+    if a.figure:
+        compare.plot(c, a.figure)
+        print(f"figure: {a.figure}", file=sys.stderr if a.json else sys.stdout)
+    return 0
+
+
+def looks_like_step(name: str, ladder: Catalog) -> bool:
+    from .catalog import looks_like_path
+    return looks_like_path(name) or name.partition(".")[0] in ladder.steps
 
 
 # ---------------------------------------------------------------- parser
@@ -305,7 +470,15 @@ def cmd_show(a: argparse.Namespace) -> int:
 def build_parser() -> Parser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", type=Path, default=None,
-                        help=f"results store (default {default_db_path()}, or $MNIST_LADDER_DB)")
+                        help=f"your results store (default {default_db_path()}, or "
+                             "$MNIST_LADDER_DB); read together with the reference results")
+    common.add_argument("--reference", action="store_true",
+                        help=f"the project's reference results ({reference_db_path()}; "
+                             "$MNIST_LADDER_REFERENCE for another folder) instead of yours: "
+                             "`run`/`ladder` write there, `report` rewrites the committed REPORT.md")
+    common.add_argument("--steps-dir", type=Path, default=None,
+                        help="a folder of your own step files (default: $MNIST_LADDER_STEPS, "
+                             "else ./steps when it exists)")
     common.add_argument("--data-dir", type=Path, default=None,
                         help="MNIST cache folder (default: user cache, or $MNIST_LADDER_DATA)")
     common.add_argument("--idx-dir", type=Path, default=None,
@@ -328,17 +501,31 @@ def build_parser() -> Parser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     s = sub.add_parser("data", parents=[common], help="fetch, verify and cache MNIST")
     s.set_defaults(func=cmd_data)
-    s = sub.add_parser("list", help="the steps, their parameters and targets")
+    s = sub.add_parser("list", parents=[common], help="the steps: parameters, what each changes")
+    s.add_argument("--all", action="store_true", help="also the variants tried on the way")
     s.set_defaults(func=cmd_list)
-    s = sub.add_parser("summary", help="per-layer table with receptive field")
-    s.add_argument("step", type=step_name)
+    s = sub.add_parser("summary", parents=[common], help="per-layer table with receptive field")
+    s.add_argument("step", help="a step, STEP.VARIANT, or a step file")
     s.set_defaults(func=cmd_summary)
+    s = sub.add_parser("new", parents=[common], help="write a starter step file to edit")
+    s.add_argument("name", help="the new step's name (letters, digits, - and _)")
+    s.add_argument("--from", dest="from_step", default="step6", metavar="STEP",
+                   help="the step to start from: its model and recipe are spelled out")
+    s.add_argument("--out", type=Path, help="the file to write (default: STEPS_DIR/NAME.py)")
+    s.set_defaults(func=cmd_new)
+    s = sub.add_parser("compare", parents=[common],
+                       help="what a change bought: two steps (or runs) over seeds")
+    s.add_argument("a", help="a step, STEP.VARIANT, step file or run id (the baseline)")
+    s.add_argument("b", help="the same, for the change")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--figure", type=Path, help="also write both accuracy curves to this PNG")
+    s.set_defaults(func=cmd_compare)
     s = sub.add_parser("run", parents=[common, train_opts], help="train one step")
-    s.add_argument("step", type=step_name, nargs="?")
+    s.add_argument("step", nargs="?", help="a step, STEP.VARIANT, or your step file (.py)")
     s.add_argument("--epochs", type=positive_int)
     s.add_argument("--seed", type=seed_int, default=1)
     s.add_argument("--batch-size", type=positive_int)
-    s.add_argument("--resume", metavar="RUN", help="continue an interrupted run")
+    s.add_argument("--resume", metavar="RUN", help="continue an interrupted run (its id or folder)")
     s.add_argument("--from-trial", metavar="STUDY:N",
                    help="re-train a sweep trial's configuration (15 epochs, test protocol)")
     s.add_argument("--storage", help="the sweep storage URL, for --from-trial")
@@ -348,12 +535,13 @@ def build_parser() -> Parser:
                    help="evaluate on the first N images only (quick checks)")
     s.set_defaults(func=cmd_run)
     report_opts = argparse.ArgumentParser(add_help=False)
-    report_opts.add_argument("--report-path", type=Path, default=Path("REPORT.md"),
-                             help="where REPORT.md goes; figures go beside it in report/")
+    report_opts.add_argument("--report-path", type=Path, default=None,
+                             help="where REPORT.md goes (default: beside your store, or the "
+                                  "checkout's with --reference); figures go beside it in report/")
     s = sub.add_parser("ladder", parents=[common, train_opts, report_opts],
                        help="run steps x seeds (skipping finished runs), then write the report")
-    s.add_argument("--steps", type=parse_steps, default=list(steps.STEPS),
-                   help="comma-separated steps (default: all)")
+    s.add_argument("--steps", type=parse_steps, default=None,
+                   help="comma-separated steps or step files (default: all, yours included)")
     s.add_argument("--seeds", type=parse_seeds, default=[1, 2, 3],
                    help="a count (5 = seeds 1..5) or a list (1,2,3); default 3")
     s.add_argument("--jobs", type=positive_int, default=1,
@@ -398,8 +586,9 @@ def build_parser() -> Parser:
     s.add_argument("--train-limit", type=positive_int, metavar="N")
     s.add_argument("--eval-limit", type=positive_int, metavar="N")
     s.set_defaults(func=cmd_sweep)
-    s = sub.add_parser("runs", parents=[common], help="list the runs in the store")
-    s.add_argument("--step")
+    s = sub.add_parser("runs", parents=[common], help="list the runs in a store, newest first")
+    s.add_argument("--step", help="only this step's runs")
+    s.add_argument("--limit", type=positive_int, help="at most this many")
     s.set_defaults(func=cmd_runs)
     s = sub.add_parser("show", parents=[common], help="one run, epoch by epoch")
     s.add_argument("run")
@@ -422,7 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("run needs a STEP (or --resume RUN, or --from-trial STUDY:N)")
         return a.func(a)
     except (UnknownStep, ConfigError, data.DataError, StoreError, RunError, PredictError,
-            SweepError) as e:
+            SweepError, StepFileError, CompareError, ReportError) as e:
         print(f"ladder: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

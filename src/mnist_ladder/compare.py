@@ -99,6 +99,9 @@ class Comparison:
     recipe_diff: tuple[FieldDiff, ...]
     layer_diff: tuple[LayerDiff, ...] | None  # None when a side has no model
 
+    def __str__(self) -> str:  # print(ml.compare(...)) in a notebook
+        return format_text(self)
+
 
 # ---------------------------------------------------------------- statistics
 

@@ -229,6 +229,7 @@ def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: to
         stop("failed", f"{type(e).__name__}: {e}")
         raise
     save_atomic({"step": spec.step, "arch": spec.arch, "params": count_parameters(state.model),
+                 "step_file": spec.step_file, "step_hash": spec.step_hash,
                  "state_dict": state.eval_model.state_dict()}, run_dir / WEIGHTS)
     if (run_dir / WEIGHTS).stat().st_size <= STORE_WEIGHTS_MAX_BYTES:
         store.put_weights(run_id, (run_dir / WEIGHTS).read_bytes())

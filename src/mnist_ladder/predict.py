@@ -18,8 +18,8 @@ from torch import nn
 
 from . import steps
 from .data import MEAN, STD
-from .experiment import WEIGHTS, load_checkpoint, weights_file
-from .store import Store, StoreError
+from .experiment import WEIGHTS, RunError, load_checkpoint, weights_file
+from .store import StoreError
 
 MAX_PIXELS = 40_000_000  # refused before decoding: a 20,000 x 20,000 image is 400M pixels
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own bomb check, at the same limit
@@ -33,8 +33,9 @@ class PredictError(ValueError):
 # ---------------------------------------------------------------- the model
 
 
-def resolve_run(run: str, db: Path | None = None) -> Path:
-    """A run id, a run folder, a weights file, or `best` -> the weights file."""
+def resolve_run(run: str, stores, say=None) -> Path:
+    """A run id, a run folder, a weights file, or `best` -> the weights file. `stores`: a
+    Store or Stores to look run ids up in; `say` is told which run `best` chose, and why."""
     p = Path(run)
     if p.is_file():
         return p
@@ -43,18 +44,19 @@ def resolve_run(run: str, db: Path | None = None) -> Path:
             return p / WEIGHTS
         raise PredictError(f"{p}: no {WEIGHTS} in this folder (did the run finish?)")
     try:
-        with Store(db, create=False) as store:
-            if run == "best":
-                runs = [r for r in store.runs("step6", status="finished") if r.protocol == "test"]
-                runs.sort(key=lambda r: store.epochs(r.id)[-1]["test_acc"], reverse=True)
-                # only the winner's model.pt is restored from the store, not every candidate's
-                for r in runs:
-                    if (weights := weights_file(r, store)) is not None:
-                        return weights
-                raise PredictError("no finished step6 run with weights in the store; "
-                                   "train one with `ladder run step6`")
-            row = store.run(run)
-            weights = weights_file(row, store)
+        if run == "best":
+            from .catalog import catalog
+            from .results import best_run
+            found = best_run(stores, list(catalog()))
+            if found is None:
+                raise PredictError("no step under 8,000 parameters has 3 or more finished "
+                                   "test-protocol seeds in the stores; give a run id instead")
+            row, why = found
+            if say:
+                say(why)
+        else:
+            row = stores.run(run)
+        weights = weights_file(row, stores)
     except StoreError as e:
         raise PredictError(f"{run!r} is not a file, a run folder or a run id ({e})") from e
     if weights is None:
@@ -64,16 +66,26 @@ def resolve_run(run: str, db: Path | None = None) -> Path:
 
 
 def load_model(weights: Path) -> tuple[nn.Module, str]:
+    """The one model loader: a model file's network rebuilt from its step (built in, a
+    searched architecture, or a user's step file whose source is still the one it was trained
+    from), then its weights."""
     ckpt = load_checkpoint(weights)
-    step_name = ckpt.get("step") if isinstance(ckpt, dict) else None
-    arch = ckpt.get("arch") if isinstance(ckpt, dict) else None
-    if (step_name not in steps.STEPS and not arch) or "state_dict" not in ckpt:
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or not ckpt.get("step"):
         raise PredictError(f"{weights}: not a mnist-ladder model file")
-    if arch:
-        from .family import build
-        model = build(arch)
-    else:
-        model = steps.get(step_name).build()
+    step_name, arch = ckpt["step"], ckpt.get("arch")
+    try:
+        if arch:
+            from .family import build
+            model = build(arch)
+        elif ckpt.get("step_file"):
+            from .experiment import Spec, resolve_step
+            spec = Spec(step_name, 0, steps.Recipe(), step_file=ckpt["step_file"],
+                        step_hash=ckpt.get("step_hash"))
+            model = resolve_step(spec).build()
+        else:
+            model = steps.get(step_name).build()
+    except (steps.UnknownStep, RunError, ValueError) as e:
+        raise PredictError(f"{weights}: cannot rebuild {step_name}'s network ({e})") from None
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

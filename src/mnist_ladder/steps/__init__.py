@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import types
+
 from . import (
     step0_basic_setup,
     step1_skeleton,
@@ -53,5 +56,18 @@ def get(name: str) -> Step:
     except KeyError:
         raise UnknownStep(name) from None
 
+
+class _Steps(types.ModuleType):
+    """This package is also `ml.steps()`, the API's list of steps: a module can be called once
+    its class says how (the documented `module.__class__` hook), so that `mnist_ladder.steps`
+    stays the registry every module imports while notebooks get the short call."""
+
+    def __call__(self, steps_dir: str | None = None) -> dict[str, Step]:
+        """Every step by name: the built-in ladder, then yours (`./steps`, or `steps_dir`)."""
+        from ..catalog import catalog
+        return catalog(steps_dir).steps
+
+
+sys.modules[__name__].__class__ = _Steps
 
 __all__ = ["STEPS", "Recipe", "SeedResults", "Step", "UnknownStep", "Variant", "get"]

@@ -1,0 +1,125 @@
+"""The Python API, for notebooks and scripts: the same engine as the `ladder` command.
+
+    import mnist_ladder as ml
+    mine = ml.Step("wider", "step6, wider", build=my_build, recipe=ml.step("step6").recipe)
+    result = ml.fit(mine, seed=1, epochs=2)
+    result.history[-1]["test_acc"], result.plot()
+    print(ml.compare("step6", mine))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import compare as _compare
+from . import data, steps
+from .catalog import StepFileError, catalog, inline_source
+from .experiment import RunError, execute, make_spec
+from .results import main_set, run_sets
+from .steps import Step
+from .store import Store, Stores, default_db_path, reference_db_path
+from .train import pick_amp, pick_device
+
+
+def step(name_or_path: str | Path, steps_dir: Path | str | None = None) -> Step:
+    """A step by name (`step6`), variant (`step7.no-ema`) or step file path."""
+    return catalog(steps_dir).get(str(name_or_path))
+
+
+def _as_step(s: Step | str | Path) -> Step:
+    if not isinstance(s, Step):
+        return step(s)
+    builtin = steps.STEPS.get(s.name.partition(".")[0])
+    if builtin is not None and (s is builtin or (s.parent == builtin.name and s.source is None
+                                and s == builtin.variant(s.name.partition(".")[2]))):
+        return s
+    if builtin is not None:
+        raise StepFileError(f"step name {s.name!r} is a built-in step; give yours another name")
+    if s.source is None:  # defined in a cell or a script: what inspect can recover is kept
+        s = dataclasses.replace(s, source=inline_source(s))
+    return s
+
+
+@dataclass
+class FitResult:
+    """A finished run: the trained model, its per-epoch history, and where it is stored."""
+
+    step: Step
+    run_id: str
+    history: list[dict]  # one dict per epoch: lr, train/test (and val) loss and accuracy
+    model: nn.Module
+    db: Path
+
+    @property
+    def final(self) -> float:
+        key = "test_acc" if self.history[-1]["test_acc"] is not None else "val_acc"
+        return self.history[-1][key]
+
+    def plot(self):
+        """The 2x2 curves (loss and accuracy, train and held-out); returns the figure."""
+        import matplotlib.pyplot as plt
+        held = "test" if self.history[-1]["test_acc"] is not None else "val"
+        fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+        x = [h["epoch"] for h in self.history]
+        for ax, (key, title) in zip(axes.flat, [
+                ("train_loss", "Train loss"), (f"{held}_loss", f"{held.title()} loss"),
+                ("train_acc", "Train accuracy (%)"), (f"{held}_acc", f"{held.title()} accuracy (%)")],
+                strict=True):
+            ax.plot(x, [h[key] for h in self.history], marker="o")
+            if key.endswith("_acc") and key != "train_acc":
+                ax.axhline(_compare.TARGET, color="r", lw=0.8, ls=":")
+            ax.set_title(title)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+        fig.suptitle(f"{self.step.name}: {self.run_id}")
+        fig.tight_layout()
+        return fig
+
+
+def fit(step: Step | str | Path, seed: int = 1, epochs: int | None = None, *,
+        device: str = "auto", precision: str = "auto", val: bool = False,
+        val_only: bool = False, batch_size: int | None = None, train_limit: int | None = None,
+        eval_limit: int | None = None, db: Path | str | None = None,
+        out: Path | str = "runs", resume: str | None = None, verbose: bool = True) -> FitResult:
+    """Train a step (a `Step`, a name or a step file) and record it in your store (default
+    runs/ladder.db). `train_limit`/`eval_limit` train and evaluate on the first N images, for
+    quick looks; `resume` continues an interrupted run of this same step."""
+    s = _as_step(step)
+    dev = pick_device(device)
+    amp = pick_amp(precision, dev)
+    spec = make_spec(s, seed, epochs=epochs, batch_size=batch_size, val=val or val_only,
+                     train_limit=train_limit, eval_limit=eval_limit, test=not val_only)
+    db = Path(db) if db else default_db_path()
+    with Store(db) as store:
+        prior = store.run(resume) if resume else None
+        if prior is not None and prior.source_hash != s.source_hash:
+            raise RunError(f"run {resume} was made from another version of {s.name}")
+        row = execute(spec, data.load(), store, Path(out), device=dev, amp=amp, resume=prior,
+                      step=s, log=print if verbose else (lambda _: None))
+        history = [{k: v for k, v in e.items() if k != "run_id"} for e in store.epochs(row.id)]
+    model = s.build()
+    weights = torch.load(Path(row.run_dir) / "model.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(weights["state_dict"])
+    return FitResult(s, row.id, history, model.eval(), db)
+
+
+def compare(a: Step | str | Path, b: Step | str | Path, *, db: Path | str | None = None,
+            steps_dir: Path | str | None = None) -> _compare.Comparison:
+    """What B bought over A, over seeds: from your store and the reference results together.
+    `print()` it for the table; its fields hold the numbers."""
+    ladder = catalog(steps_dir)
+    with Stores([Path(db) if db else default_db_path(), reference_db_path()]) as stores:
+        sides = []
+        for x in (a, b):
+            s = _as_step(x) if isinstance(x, Step) else ladder.get(str(x))
+            found = main_set(run_sets(stores, s))
+            if found is None:
+                raise _compare.CompareError(f"{s.name} has no finished runs in your store or the "
+                                            "reference results; fit it first")
+            sides.append(found.side())
+        return _compare.compare(*sides)
