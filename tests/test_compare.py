@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from mnist_ladder import compare as cmp
+from mnist_ladder import comparison as cmp
 from mnist_ladder import steps
 from mnist_ladder.steps import Recipe
 from mnist_ladder.summary import layer_rows

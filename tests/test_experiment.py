@@ -143,15 +143,34 @@ def test_resume_picks_the_interrupted_attempt_that_got_furthest(tmp_path: Path) 
         assert store.find_resumable("step6", 2, "test", recipe, "c0de") is None
 
 
-def test_a_finished_run_s_weights_outlive_its_run_folder(tmp_path: Path, mnist) -> None:
+def test_a_finished_run_s_weights_outlive_its_run_folder(tmp_path: Path, mnist,
+                                                         monkeypatch) -> None:
     from mnist_ladder import predict
+    monkeypatch.setenv("MNIST_LADDER_DATA", str(tmp_path / "cache"))  # restored copies go here
     store = Store(tmp_path / "l.db")
     row = experiment.execute(spec(1, "step7"), mnist, store, tmp_path / "runs", device=CPU,
                              amp=False, log=lambda s: None)
     saved = (Path(row.run_dir) / "model.pt").read_bytes()
     assert store.weights(row.id) == saved
     shutil.rmtree(row.run_dir)  # a fresh clone has the store, not the run folders
-    restored = predict.resolve_run(row.id, store.path)
-    assert restored == Path(row.run_dir) / "model.pt" and restored.read_bytes() == saved
+    restored = predict.resolve_run(row.id, store)
+    assert restored == tmp_path / "cache" / "weights" / f"{row.id}.pt"
+    assert restored.read_bytes() == saved and not Path(row.run_dir).exists()
     model, step = predict.load_model(restored)
     assert step == "step7" and sum(p.numel() for p in model.parameters()) == row.params
+
+
+def test_weights_from_the_store_are_checked_and_never_written_where_a_row_says(
+        tmp_path: Path, mnist, monkeypatch) -> None:
+    from mnist_ladder import predict
+    monkeypatch.setenv("MNIST_LADDER_DATA", str(tmp_path / "cache"))
+    store = Store(tmp_path / "l.db")
+    row = experiment.execute(spec(1, "step7"), mnist, store, tmp_path / "runs", device=CPU,
+                             amp=False, log=lambda s: None)
+    elsewhere = tmp_path / "somewhere" / "else"
+    with store.db:  # a crafted row: a relative run_dir and bytes that are no model
+        store.db.execute("UPDATE runs SET run_dir=? WHERE id=?", ("../somewhere/else", row.id))
+        store.db.execute("UPDATE weights SET data=? WHERE run_id=?", (b"not a model", row.id))
+    with pytest.raises(predict.PredictError, match="not a loadable model"):
+        predict.resolve_run(row.id, store)
+    assert not elsewhere.exists() and not (tmp_path / "cache" / "weights").exists()

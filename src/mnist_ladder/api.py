@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import compare as _compare
+from . import comparison as _compare
 from . import data, steps
 from .catalog import StepFileError, catalog, inline_source
 from .experiment import RunError, execute, make_spec

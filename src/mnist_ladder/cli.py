@@ -14,7 +14,7 @@ import torch
 
 from . import data, steps
 from .catalog import Catalog, StepFileError, catalog
-from .compare import CompareError
+from .comparison import CompareError
 from .experiment import RunError, execute, make_spec
 from .models import count_parameters
 from .predict import PredictError
@@ -181,11 +181,16 @@ def cmd_run(a: argparse.Namespace) -> int:
     print(f"run {row.id}: best {key[:-4]} {best:.2f}%, final {hist[-1][key]:.2f}%, "
           f"{row.wall_seconds:.0f}s -> {row.run_dir}")
     reference = None
-    if reference_db_path().is_file():
+    if reference_db_path().is_file():  # this step's reference runs, else those of its base
         with Store(reference_db_path(), create=False) as ref:
-            sets = [s for s in run_sets(ref, step) if s.runs.pop(
-                next((seed for seed, (r, _) in s.runs.items() if r.id == row.id), None), True)]
-            reference = main_set([s for s in sets if s.runs], row.protocol)
+            for candidate in (step, step.builds_on and ladder_of(a).get(step.builds_on)):
+                if not candidate:
+                    continue
+                sets = [s for s in run_sets(ref, candidate) if s.runs.pop(
+                    next((seed for seed, (r, _) in s.runs.items() if r.id == row.id), None), True)]
+                reference = main_set([s for s in sets if s.runs], row.protocol.split(":")[0])
+                if reference:
+                    break
     print(verdict_line(row, hist, reference))
     return 0
 
@@ -427,7 +432,7 @@ def cmd_new(a: argparse.Namespace) -> int:
 def cmd_compare(a: argparse.Namespace) -> int:
     import json
 
-    from . import compare
+    from . import comparison
     from .results import main_set, run_sets
     ladder = ladder_of(a)
     with open_stores(a) as stores:
@@ -436,7 +441,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
             if not looks_like_step(name, ladder):
                 row = stores.run(name)  # a run id: one seed
                 step = ladder.get(row.step) if looks_like_step(row.step, ladder) else None
-                sides.append(compare.Side(
+                sides.append(comparison.Side(
                     name, row.params, steps.Recipe.from_dict(row.recipe), row.protocol,
                     {row.seed: stores.epochs(row.id)}, step.build() if step else None))
                 continue
@@ -448,13 +453,13 @@ def cmd_compare(a: argparse.Namespace) -> int:
                         str(s.path) for s in stores.stores)
                     + f"; start some: `ladder ladder --steps {name} --seeds 3`")
             sides.append(found.side(name))
-        c = compare.compare(*sides)
+        c = comparison.compare(*sides)
     if a.json:
-        print(json.dumps(compare.to_json(c), indent=1))
+        print(json.dumps(comparison.to_json(c), indent=1))
     else:
-        print(compare.format_text(c))
+        print(comparison.format_text(c))
     if a.figure:
-        compare.plot(c, a.figure)
+        comparison.plot(c, a.figure)
         print(f"figure: {a.figure}", file=sys.stderr if a.json else sys.stdout)
     return 0
 

@@ -59,6 +59,8 @@ def resolve_run(run: str, stores, say=None) -> Path:
         weights = weights_file(row, stores)
     except StoreError as e:
         raise PredictError(f"{run!r} is not a file, a run folder or a run id ({e})") from e
+    except RunError as e:
+        raise PredictError(str(e)) from None
     if weights is None:
         raise PredictError(f"run {row.id} has no weights at {Path(row.run_dir) / WEIGHTS} "
                            f"nor in the store (status {row.effective_status})")

@@ -21,9 +21,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from . import compare, steps
+from . import comparison, steps
 from .catalog import Catalog
-from .compare import LAST, TARGET
+from .comparison import LAST, TARGET
 from .experiment import weights_file
 from .results import run_sets
 from .store import RunRow, StoreError, Stores
@@ -82,8 +82,8 @@ class StepResults:
         short = self.epochs != self.step.recipe.epochs
         return f"{self.protocol}-{self.epochs}ep" if short else self.protocol
 
-    def side(self) -> compare.Side:
-        return compare.Side(self.step.name, self.step.params, self.step.recipe, self.protocol,
+    def side(self) -> comparison.Side:
+        return comparison.Side(self.step.name, self.step.params, self.step.recipe, self.protocol,
                             {r.row.seed: r.epochs for r in self.runs})
 
     def stat(self, attr: str) -> tuple[float, float, float]:
@@ -116,6 +116,10 @@ def gather(stores, ladder: Catalog, skipped: list[str]) -> dict[tuple[str, str],
         for s in run_sets(stores, step, skipped):
             if s.protocol == "val-only":
                 continue  # design runs: see gather_tried
+            if ":" in s.protocol:  # runs on data subsets are checks, not results
+                skipped += [f"{row.id}: trained on a data subset ({s.protocol})"
+                            for row, _ in s.runs.values()]
+                continue
             res = StepResults(step, s.protocol, [SeedRun(row, e) for _, (row, e)
                                                  in sorted(s.runs.items())], s.epochs)
             out[(step.name, res.label)] = res
@@ -354,7 +358,7 @@ def observations(res: StepResults, prev: StepResults | None) -> list[str]:
 def versus(prev: StepResults, res: StepResults) -> str:
     """The step against the one it builds on: the difference over seeds with its 95% interval
     and a plain verdict, at the last epoch both have."""
-    c = compare.compare(prev.side(), res.side())
+    c = comparison.compare(prev.side(), res.side())
     a = statistics.fmean(c.a_values.values())
     b = statistics.fmean(c.b_values.values())
     where = ("final test accuracy" if c.epoch == res.epochs == prev.epochs

@@ -13,7 +13,7 @@ import dataclasses
 import statistics
 from dataclasses import dataclass, field
 
-from .compare import LAST, MIN_SEEDS, TARGET, Side
+from .comparison import LAST, MIN_SEEDS, TARGET, Side
 from .steps import Step
 from .store import RunRow
 
@@ -55,7 +55,6 @@ def is_result_of(row: RunRow, step: Step) -> bool:
     """Whether a stored run is a run of `step` as it is defined now."""
     recipe = dataclasses.replace(step.recipe, epochs=row.recipe.get("epochs", step.recipe.epochs))
     return (row.step == step.name and row.effective_status == "finished"
-            and ":" not in row.protocol  # runs on data subsets are checks, not results
             and row.params == step.params and row.source_hash == step.source_hash
             and recipe.matches(row.recipe))
 
@@ -65,7 +64,7 @@ def run_sets(stores, step: Step, skipped: list[str] | None = None) -> list[RunSe
     groups: dict[tuple[str, int], RunSet] = {}
     for row in stores.runs(step.name):  # oldest first: a later run of a seed replaces it
         if not is_result_of(row, step):
-            if skipped is not None:
+            if skipped is not None and row.protocol != "val-only":
                 skipped.append(f"{row.id}: {why_not(row, step)}")
             continue
         epochs = stores.epochs(row.id)
@@ -82,8 +81,6 @@ def why_not(row: RunRow, step: Step) -> str:
     status = row.effective_status
     if status != "finished":
         return f"{status}, not finished"
-    if ":" in row.protocol:
-        return f"trained on a data subset ({row.protocol})"
     if row.params != step.params:
         return f"{row.params:,} parameters; {step.name} now has {step.params:,} (an earlier definition)"
     if row.source_hash != step.source_hash:
@@ -145,5 +142,6 @@ def verdict_line(row: RunRow, epochs: list[dict], reference: RunSet | None) -> s
     if not ref_at:
         return line + "; the reference runs are shorter than this one"
     where = "" if at == reference.epochs else f" at epoch {at} of their {reference.epochs}"
-    return (line + f" — reference{where}: mean {statistics.fmean(ref_at):.2f}, seeds "
+    whose = "" if reference.step.name == row.step else f"{reference.step.name}'s "
+    return (line + f" — {whose}reference{where}: mean {statistics.fmean(ref_at):.2f}, seeds "
             f"{min(ref_at):.2f}–{max(ref_at):.2f} ({n} seed{'s' if n != 1 else ''})")

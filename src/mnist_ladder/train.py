@@ -306,9 +306,15 @@ def new_state(step: Step, recipe: Recipe, data: DeviceData, seed: int,
 
 
 def save_atomic(obj: object, path: Path) -> None:
+    """Write beside, then rename: a crash or a full disk leaves the previous file, never half
+    of one, and no temporary behind."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a crash leaves the previous checkpoint, never half of one
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def fit(step: Step, data: DeviceData, recipe: Recipe, *, seed: int = 1, amp: bool = False,
