@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -216,7 +217,6 @@ def parse_steps(text: str) -> list[str]:
 
 
 def cmd_ladder(a: argparse.Namespace) -> int:
-    import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
@@ -481,6 +481,9 @@ def build_parser() -> Parser:
                         help=f"the project's reference results ({reference_db_path()}; "
                              "$MNIST_LADDER_REFERENCE for another folder) instead of yours: "
                              "`run`/`ladder` write there, `report` rewrites the committed REPORT.md")
+    common.add_argument("--reference-dir", type=Path, default=None,
+                        help="the folder holding the reference results (ladder.db), when not "
+                             "the checkout's results/ (or $MNIST_LADDER_REFERENCE)")
     common.add_argument("--steps-dir", type=Path, default=None,
                         help="a folder of your own step files (default: $MNIST_LADDER_STEPS, "
                              "else ./steps when it exists)")
@@ -614,6 +617,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         a = parser.parse_args(argv)
         if a.command == "run" and not (a.step or a.resume or a.from_trial):
             parser.error("run needs a STEP (or --resume RUN, or --from-trial STUDY:N)")
+        if getattr(a, "reference_dir", None):  # one place decides where the reference is
+            os.environ["MNIST_LADDER_REFERENCE"] = str(a.reference_dir)
         return a.func(a)
     except (UnknownStep, ConfigError, data.DataError, StoreError, RunError, PredictError,
             SweepError, StepFileError, CompareError, ReportError) as e:
