@@ -132,6 +132,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     device, amp = _device_and_amp(a)
     if a.threads:
         torch.set_num_threads(a.threads)
+    # A bad step name or file is reported before anything (the store included) is created.
+    named = ladder_of(a).get(a.step) if a.step and not (a.resume or a.from_trial) else None
     with Store(write_db(a)) as store:
         resume = None
         if a.resume:
@@ -164,7 +166,7 @@ def cmd_run(a: argparse.Namespace) -> int:
                         a.eval_limit, arch)
             step = resolve_step(spec)
         else:
-            step = ladder_of(a).get(a.step)
+            step = named
             spec = make_spec(step, a.seed, epochs=a.epochs, batch_size=a.batch_size,
                              val=a.val or a.val_only, train_limit=a.train_limit,
                              eval_limit=a.eval_limit, test=not a.val_only)

@@ -138,10 +138,14 @@ def new_run_id(spec: Spec) -> str:
 
 
 def epoch_line(r: EpochResult, total: int) -> str:
-    test = f"  test {r.test_loss:.4f} {r.test_acc:6.2f}%" if r.test_acc is not None else ""
-    val = f"  val {r.val_loss:.4f} {r.val_acc:6.2f}%" if r.val_acc is not None else ""
-    return (f"epoch {r.epoch:>2}/{total}  lr {r.lr:.5f}  train {r.train_loss:.4f} {r.train_acc:6.2f}%"
-            f"{test}{val}  {r.seconds:5.1f}s")
+    def pair(name: str, loss: float | None, acc: float | None) -> str:
+        if acc is None:
+            return ""
+        return f"  {name} {'-' if loss is None else f'{loss:.4f}'} {acc:6.2f}%"
+    seconds = f"  {r.seconds:5.1f}s" if r.seconds is not None else ""
+    lr = f"  lr {r.lr:.5f}" if r.lr is not None else ""
+    return (f"epoch {r.epoch:>2}/{total}{lr}{pair('train', r.train_loss, r.train_acc)}"
+            f"{pair('test', r.test_loss, r.test_acc)}{pair('val', r.val_loss, r.val_acc)}{seconds}")
 
 
 def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: torch.device,

@@ -24,7 +24,7 @@ import torch
 from . import comparison, steps
 from .catalog import Catalog
 from .comparison import LAST, TARGET
-from .experiment import weights_file
+from .experiment import STORE_WEIGHTS_MAX_BYTES, weights_file
 from .results import run_sets
 from .store import RunRow, StoreError, Stores
 from .summary import summary_table
@@ -413,6 +413,11 @@ def step_section(res: StepResults, prev: StepResults | None, figs: Path, rel: st
     elif store is None or (weights := weights_file(run.row, store)) is None:
         skipped.append(f"{tag}: misclassified digits and confusion matrix (no weights: run "
                        f"folder {run.row.run_dir} is missing its model.pt, and the store has none)")
+        if s.params * 4 > STORE_WEIGHTS_MAX_BYTES:  # kept out of the committed store on purpose
+            lines += ["", f"{s.name}'s final weights ({s.params * 4 / 1e6:.0f} MB) are kept out of "
+                      "the results store, so its misclassified digits and confusion matrix need "
+                      f"a local run: `ladder run {s.name} --seed {run.row.seed}`, then "
+                      "`ladder report`."]
     else:
         images, labels = mnist_test
         pred = predictions(weights, s, images)
