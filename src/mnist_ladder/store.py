@@ -11,6 +11,7 @@ known by its lapsed lease, not by whether some process holds its old pid.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -194,6 +195,12 @@ class Store:
         self._identity = _file_identity(self.path)
 
     def close(self) -> None:
+        """A writer folds its write-ahead log into the database file as it closes, even while
+        a reader is open (then SQLite's own close-time checkpoint is skipped): the file alone,
+        as git commits it, holds every finished write."""
+        if not self.readonly:
+            with contextlib.suppress(sqlite3.Error):  # busy: the next writer's close folds it in
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.close()
 
     def __enter__(self) -> Store:
