@@ -4,12 +4,12 @@ A local web page: a canvas, the 28x28 image the model sees (the same preprocessi
 `ladder predict`), and the ten probabilities of each chosen model side by side.
 
 Framework: Starlette, served by uvicorn. Starlette is the ASGI toolkit FastAPI is built on,
-maintained by the encode team (as are uvicorn and httpx, whose TestClient tests it), and it
-brings little else (anyio). Three JSON endpoints and one static page need neither FastAPI's
-pydantic layer nor a UI framework: Gradio, the field's habit, pulls in a large dependency
-tree and its default theme loads web fonts from the internet, while this page must work
-offline. Everything the page needs is in `static/`, shipped with the package; it makes no
-request beyond this server.
+maintained by the encode team (as is uvicorn), and it brings little else (anyio). Three JSON endpoints and one static page need neither FastAPI's
+pydantic layer nor a UI framework: Gradio, the field's habit, pulls in a large dependency tree
+(FastAPI, pandas, its own front end) and has needed several releases to stop fetching fonts and
+assets from the internet (gradio-app/gradio#9367, #13463), while this page must work offline.
+Everything the page needs is in `static/`, shipped with the package; it makes no request
+beyond this server.
 
 API:
   GET  /             the page

@@ -18,10 +18,10 @@ function clearPad() {
   drawn = false;
 }
 
-function point(event) {  // CSS pixels -> canvas pixels
+function point(event) {  // CSS pixels, inside the border -> canvas pixels
   const box = pad.getBoundingClientRect();
-  return [(event.clientX - box.left) * pad.width / box.width,
-          (event.clientY - box.top) * pad.height / box.height];
+  return [(event.clientX - box.left - pad.clientLeft) * pad.width / pad.clientWidth,
+          (event.clientY - box.top - pad.clientTop) * pad.height / pad.clientHeight];
 }
 
 function setupPen() {
@@ -56,10 +56,9 @@ pad.addEventListener("pointermove", (event) => {
   event.preventDefault();
 });
 
-function penUp(event) {
+function penUp() {
   if (!drawing) return;
-  drawing = false;
-  pad.releasePointerCapture(event.pointerId);
+  drawing = false;  // the pointer capture ends by itself
   predict();
 }
 pad.addEventListener("pointerup", penUp);
@@ -83,7 +82,7 @@ function ticked() {
 }
 
 function percent(p) {
-  return (100 * p).toFixed(p >= 0.9995 || p < 0.0005 ? 0 : 1) + "%";
+  return p < 0.005 ? "" : String(Math.round(100 * p));
 }
 
 function describe(m) {
@@ -135,19 +134,24 @@ function show(predictions) {
     const bars = document.createElement("div");
     bars.className = "bars";
     p.probabilities.forEach((q, digit) => {
-      const label = document.createElement("span");
-      label.textContent = digit;
+      const column = document.createElement("div");
+      column.className = "column";
+      const pct = document.createElement("span");
+      pct.className = "pct";
+      pct.textContent = percent(q);
       const bar = document.createElement("div");
       bar.className = "bar" + (digit === p.digit ? " top" : "");
       bar.dataset.digit = digit;
       bar.dataset.p = q;
+      bar.title = `${digit}: ${(100 * q).toFixed(3)}%`;
       const fill = document.createElement("span");
-      fill.style.width = (100 * q).toFixed(2) + "%";
+      fill.style.height = (100 * q).toFixed(2) + "%";
       bar.append(fill);
-      const pct = document.createElement("span");
-      pct.className = "pct";
-      pct.textContent = percent(q);
-      bars.append(label, bar, pct);
+      const label = document.createElement("span");
+      label.className = "label";
+      label.textContent = digit;
+      column.append(pct, bar, label);
+      bars.append(column);
     });
     card.append(answer, bars);
     return card;
