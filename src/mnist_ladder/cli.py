@@ -316,9 +316,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
         return 2
     try:
         sock = serve.bind(a.host, a.port)
-    except (OSError, OverflowError) as e:  # OverflowError: a port outside 0-65535
-        print(f"ladder: error: cannot listen on {a.host}:{a.port} ({getattr(e, 'strerror', None) or e})",
-              file=sys.stderr)
+    except OSError as e:
+        print(f"ladder: error: {e}", file=sys.stderr)
         return 2
     host, port = sock.getsockname()[:2]
     url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"

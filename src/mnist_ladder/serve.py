@@ -4,12 +4,12 @@ A local web page: a canvas, the 28x28 image the model sees (the same preprocessi
 `ladder predict`), and the ten probabilities of each chosen model side by side.
 
 Framework: Starlette, served by uvicorn. Starlette is the ASGI toolkit FastAPI is built on,
-maintained by the encode team (as is uvicorn), and it brings little else (anyio). Three JSON endpoints and one static page need neither FastAPI's
-pydantic layer nor a UI framework: Gradio, the field's habit, pulls in a large dependency tree
-(FastAPI, pandas, its own front end) and has needed several releases to stop fetching fonts and
-assets from the internet (gradio-app/gradio#9367, #13463), while this page must work offline.
-Everything the page needs is in `static/`, shipped with the package; it makes no request
-beyond this server.
+maintained by the encode team (as is uvicorn), and it brings little else (anyio). Three JSON
+endpoints and one static page need neither FastAPI's pydantic layer nor a UI framework: Gradio,
+the field's habit, pulls in a large dependency tree (FastAPI, pandas, its own front end) and
+has needed several releases to stop fetching fonts and assets from the internet
+(gradio-app/gradio#9367, #13463), while this page must work offline. Everything the page needs
+is in `static/`, shipped with the package; it makes no request beyond this server.
 
 API:
   GET  /             the page
@@ -187,7 +187,13 @@ def bind(host: str, port: int) -> socket.socket:
     """The listening socket, bound before the server starts, so a taken port is one clear error
     (and port 0 picks a free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family)
+    try:
+        return socket.create_server((host, port), family=family)
+    except OverflowError as e:  # a port outside 0-65535
+        raise OSError(f"cannot listen on {host}:{port} ({e})") from None
+    except OSError as e:  # its reason without Python's "(while attempting to bind on ...)"
+        reason = (e.strerror or str(e)).split(" (while attempting")[0]
+        raise OSError(f"cannot listen on {host}:{port} ({reason})") from None
 
 
 def make_server(stores: list[Path]) -> uvicorn.Server:
