@@ -3,6 +3,7 @@ get one clear error and the server keeps serving."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import shutil
@@ -193,6 +194,20 @@ def test_bad_requests_get_one_clear_error_and_the_server_keeps_serving(server, t
     (answer,) = reply.json()["predictions"]
     assert answer["digit"] == 7
     assert abs(sum(answer["probabilities"]) - 1) < 1e-3
+
+
+def test_a_damaged_store_is_one_error_and_the_page_still_loads(tmp_path: Path) -> None:
+    broken = tmp_path / "ladder.db"
+    broken.write_text("not a results store " * 20)
+
+    async def ask() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=serve.create_app([broken]))
+        async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
+            return await client.get("/api/models"), await client.get("/")
+
+    models, page = asyncio.run(ask())
+    assert models.status_code == 500 and str(broken) in models.json()["error"]
+    assert page.status_code == 200
 
 
 def test_ladder_serve_runs_until_ctrl_c(trained_step6, tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ from torch import nn
 
 from .experiment import WEIGHTS
 from .predict import PredictError, decode_image, load_model, mnist_style, predict_arrays, resolve_run, to_gray
-from .store import Store
+from .store import Store, StoreError
 
 STATIC = Path(__file__).with_name("static")
 MAX_UPLOAD = 2 * 1024 * 1024  # a 280x280 canvas PNG is a few KB; a photo still fits
@@ -165,12 +165,15 @@ def create_app(stores: list[Path]) -> Starlette:
         except PredictError as e:
             return error(400, str(e))
 
+    async def store_broken(request: Request, exc: Exception) -> JSONResponse:
+        return error(500, str(exc))  # a damaged or unreadable store: say which, keep serving
+
     return Starlette(routes=[
         Route("/", page),
         Route("/api/models", models),
         Route("/api/predict", predict, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
-    ])
+    ], exception_handlers={StoreError: store_broken})
 
 
 def answer(image: bytes, chosen: list[ModelInfo]) -> dict:
