@@ -212,7 +212,9 @@ def test_a_damaged_store_is_one_error_and_the_page_still_loads(tmp_path: Path) -
 
 def test_ladder_serve_runs_until_ctrl_c(trained_step6, tmp_path: Path) -> None:
     db, row = trained_step6
-    env = {**os.environ, "MNIST_LADDER_REFERENCE": str(tmp_path / "no-reference")}
+    package_root = str(Path(serve.__file__).resolve().parents[1])  # this checkout's, not another
+    env = {**os.environ, "MNIST_LADDER_REFERENCE": str(tmp_path / "no-reference"),
+           "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "mnist_ladder", "serve", "--db", str(db), "--port", "0"],
                             stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     try:
