@@ -471,6 +471,36 @@ def looks_like_step(name: str, ladder: Catalog) -> bool:
     return looks_like_path(name) or name.partition(".")[0] in ladder.steps
 
 
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    import contextlib
+
+    try:
+        from . import serve
+    except ImportError as e:
+        print(f"ladder: error: `ladder serve` needs the serve extra: pip install 'mnist-ladder[serve]' ({e})",
+              file=sys.stderr)
+        return 2
+    stores = read_dbs(a)
+    if not serve.list_models(stores):
+        print(f"ladder: error: no finished run with weights in {' or '.join(map(str, stores))}; "
+              "train one with `ladder run step6`", file=sys.stderr)
+        return 2
+    try:
+        sock = serve.bind(a.host, a.port)
+    except OSError as e:
+        print(f"ladder: error: {e}", file=sys.stderr)
+        return 2
+    host, port = sock.getsockname()[:2]
+    url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+    print(f"serving on {url}  (Ctrl-C to stop)", file=sys.stderr)
+    if a.host not in ("127.0.0.1", "localhost", "::1"):
+        print("ladder: note: not a loopback address, so other machines can reach this page", file=sys.stderr)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server stops
+        serve.make_server(stores).run(sockets=[sock])
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -603,6 +633,12 @@ def build_parser() -> Parser:
     s = sub.add_parser("show", parents=[common], help="one run, epoch by epoch")
     s.add_argument("run")
     s.set_defaults(func=cmd_show)
+    s = sub.add_parser("serve", parents=[common],
+                       help="a local web page: draw a digit, see each step's answer")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    s.set_defaults(func=cmd_serve)
     return p
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -115,23 +116,28 @@ def open_image(path: Path) -> Image.Image:
         raise PredictError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise PredictError(f"{path}: empty file")
+    return decode_image(path, str(path))
+
+
+def decode_image(source: Path | BinaryIO, name: str) -> Image.Image:
+    """A file or the bytes of an upload -> a loaded image; `name` starts each error."""
     try:
-        img = Image.open(path)  # reads the header only
+        img = Image.open(source)  # reads the header only
     except UnidentifiedImageError:
-        raise PredictError(f"{path}: not an image (or a format Pillow cannot read)") from None
+        raise PredictError(f"{name}: not an image (or a format Pillow cannot read)") from None
     except Image.DecompressionBombError:
-        raise PredictError(f"{path}: over the {MAX_PIXELS:,}-pixel limit; "
+        raise PredictError(f"{name}: over the {MAX_PIXELS:,}-pixel limit; "
                            "crop or shrink it first") from None
     except OSError as e:
-        raise PredictError(f"{path}: cannot open ({e})") from None
+        raise PredictError(f"{name}: cannot open ({e})") from None
     w, h = img.size
     if w * h > MAX_PIXELS:
-        raise PredictError(f"{path}: {w}x{h} is over the {MAX_PIXELS:,}-pixel limit; "
+        raise PredictError(f"{name}: {w}x{h} is over the {MAX_PIXELS:,}-pixel limit; "
                            "crop or shrink it first")
     try:
         img.load()
     except (OSError, SyntaxError, ValueError) as e:
-        raise PredictError(f"{path}: damaged or truncated image ({e})") from None
+        raise PredictError(f"{name}: damaged or truncated image ({e})") from None
     return img
 
 

@@ -325,6 +325,9 @@ class Store:
         r = self.db.execute("SELECT data FROM weights WHERE run_id = ?", (run_id,)).fetchone()
         return None if r is None else bytes(r["data"])
 
+    def ids_with_weights(self) -> set[str]:
+        return {r["run_id"] for r in self.db.execute("SELECT run_id FROM weights")}
+
     def find_finished(self, step: str, seed: int, protocol: str, recipe: Recipe,
                       code_hash: str | None, source_hash: str | None = None) -> RunRow | None:
         """A finished run of this configuration, made by this code (any code: None). A user
