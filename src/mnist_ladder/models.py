@@ -22,8 +22,10 @@ class Dropout(nn.Dropout):
     p = 0.03 that was a third of a Step 6 training step. Here only the dropped positions are
     drawn: a Poisson(-n log(1 - p)) number of uniform hits leaves each element un-hit with
     probability exactly 1 - p, independently (Poisson splitting), so the mask is i.i.d.
-    Bernoulli(p) as in `nn.Dropout`, from about 30x fewer random numbers. CUDA keeps the
-    native kernel, which is fast there.
+    Bernoulli(p) as in `nn.Dropout`, from about 30x fewer random numbers. No mask tensor
+    either: the input is scaled and the hit positions zeroed, forward and backward
+    (`_ScaleAndZero`). The hits are logical positions, so a seed drops the same elements
+    whatever the memory layout. CUDA keeps the native kernel, which is fast there.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -31,10 +33,71 @@ class Dropout(nn.Dropout):
             return F.dropout(x, self.p, self.training)
         n = x.numel()
         hits = int(torch.poisson(torch.tensor(-n * math.log1p(-self.p), dtype=torch.float64)))
-        mask = torch.empty_like(x)  # keeps channels_last; which element is which does not matter
-        flat = mask.as_strided((n,), (1,))
-        flat.fill_(1 / (1 - self.p)).index_fill_(0, torch.randint(0, n, (hits,)), 0)
-        return x * mask
+        return _ScaleAndZero.apply(x, torch.randint(0, n, (hits,)), 1 / (1 - self.p))
+
+
+def _storage_offsets(hits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Where the elements at positions `hits` of `t` (row-major, or channels-last when 4-d)
+    sit in its memory. Positions count in channels-last order for 4-d tensors, so that the
+    same elements drop in any layout, at no cost in the layout the ladder trains in by
+    default. Computed in float64, which holds these integers exactly and divides faster."""
+    if t.dim() != 4 or t.is_contiguous(memory_format=torch.channels_last):
+        return hits
+    # position k = (n*HW + hw)*C + c sits at n*CHW + c*HW + hw: with q = k // C = n*HW + hw,
+    # that is k*HW + q*(1 - C*HW) + n*(C*HW - HW)
+    c, hw = t.shape[1], t.shape[2] * t.shape[3]
+    k = hits.double()
+    q = (k / c).floor_()
+    n = (q / hw).floor_()
+    return k.mul_(hw).add_(q, alpha=1 - c * hw).add_(n, alpha=c * hw - hw).long()
+
+
+def _zero_at(t: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    t.as_strided((t.numel(),), (1,)).index_fill_(0, offsets, 0)  # t is dense: a fresh result
+    return t
+
+
+class _ScaleAndZero(torch.autograd.Function):
+    """y = x * scale with the elements at `hits` zeroed; the gradient likewise."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, hits: torch.Tensor, scale: float) -> torch.Tensor:
+        y = x * scale
+        if not (y.is_contiguous() or y.is_contiguous(memory_format=torch.channels_last)):
+            y = y.contiguous()  # in a layout whose positions `_storage_offsets` knows
+        offsets = _storage_offsets(hits, y)
+        ctx.scale, ctx.strides = scale, y.stride()
+        ctx.save_for_backward(offsets)
+        return _zero_at(y, offsets)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (offsets,) = ctx.saved_tensors
+        # laid out like the forward result, so that the same offsets name the same elements
+        g = torch.empty_strided(grad.shape, ctx.strides, dtype=grad.dtype, device=grad.device)
+        return _zero_at(torch.mul(grad, ctx.scale, out=g), offsets), None, None
+
+
+class MaxPoolCL(nn.MaxPool2d):
+    """`nn.MaxPool2d` run on a channels-last copy of an NCHW input, the result returned NCHW:
+    torch's NCHW max-pool on the CPU was several times slower than its channels-last one plus
+    the two copies (`benchmarks/speed.py --ablate`). Gradients are torch's own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x)
+        return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+
+class BatchNormNCHW(nn.BatchNorm2d):
+    """`nn.BatchNorm2d` run on an NCHW copy of a channels-last input, the result returned
+    channels-last: on some CPUs torch's channels-last BatchNorm backward is many times slower
+    than its NCHW one, more than the two copies cost. Same parameters and state_dict."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_contiguous():
+            return super().forward(x)
+        return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
 
 
 class Conv(nn.Sequential):
