@@ -51,6 +51,8 @@ LAYOUTS = {
 }
 CHOICES = ("auto", *LAYOUTS)
 DEFAULT = "cl"  # what the ladder used before layouts were measured; the choice on CUDA
+MARGIN = 0.05  # another layout replaces the default only when this much faster: the probe is
+# short, and on a shared machine noise alone should not flip the layout
 
 
 def check(name: str) -> str:
@@ -117,6 +119,8 @@ def choose(step: Step, recipe: Recipe, device: torch.device, amp: bool, data: De
         return cached[key]["layout"]
     ms = measure(step, recipe, device, amp, data)
     best = min(ms, key=ms.__getitem__)
+    if ms[best] > (1 - MARGIN) * ms[DEFAULT]:
+        best = DEFAULT
     say(f"{step.name}: " + ", ".join(f"{n} {t:.1f} ms" for n, t in ms.items())
         + f" a step; using {best}")
     write_cache(key, {"layout": best, "ms_per_step": {n: round(t, 2) for n, t in ms.items()},
