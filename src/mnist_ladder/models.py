@@ -22,10 +22,9 @@ class Dropout(nn.Dropout):
     p = 0.03 that was a third of a Step 6 training step. Here only the dropped positions are
     drawn: a Poisson(-n log(1 - p)) number of uniform hits leaves each element un-hit with
     probability exactly 1 - p, independently (Poisson splitting), so the mask is i.i.d.
-    Bernoulli(p) as in `nn.Dropout`, from about 30x fewer random numbers. No mask tensor
-    either: the input is scaled and the hit positions zeroed, forward and backward
-    (`_ScaleAndZero`). The hits are logical positions, so a seed drops the same elements
-    whatever the memory layout. CUDA keeps the native kernel, which is fast there.
+    Bernoulli(p) as in `nn.Dropout`, from about 30x fewer random numbers. The hits are
+    positions in channels-last order, so a seed drops the same elements in any memory layout.
+    CUDA keeps the native kernel, which is fast there.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -33,14 +32,22 @@ class Dropout(nn.Dropout):
             return F.dropout(x, self.p, self.training)
         n = x.numel()
         hits = int(torch.poisson(torch.tensor(-n * math.log1p(-self.p), dtype=torch.float64)))
-        return _ScaleAndZero.apply(x, torch.randint(0, n, (hits,)), 1 / (1 - self.p))
+        mask = torch.empty_like(x, memory_format=_layout_of(x))
+        offsets = _storage_offsets(torch.randint(0, n, (hits,)), mask)
+        mask.as_strided((n,), (1,)).fill_(1 / (1 - self.p)).index_fill_(0, offsets, 0)
+        return x * mask
+
+
+def _layout_of(x: torch.Tensor) -> torch.memory_format:
+    return (torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+            else torch.contiguous_format)
 
 
 def _storage_offsets(hits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Where the elements at positions `hits` of `t` (row-major, or channels-last when 4-d)
-    sit in its memory. Positions count in channels-last order for 4-d tensors, so that the
-    same elements drop in any layout, at no cost in the layout the ladder trains in by
-    default. Computed in float64, which holds these integers exactly and divides faster."""
+    """Where the elements at positions `hits` of `t` (laid out as `_layout_of` says) sit in
+    its memory. Positions count in channels-last order for 4-d tensors, so that the same
+    elements drop in any layout, at no cost in the layout the ladder trains in by default.
+    Computed in float64, which holds these integers exactly and divides faster than int64."""
     if t.dim() != 4 or t.is_contiguous(memory_format=torch.channels_last):
         return hits
     # position k = (n*HW + hw)*C + c sits at n*CHW + c*HW + hw: with q = k // C = n*HW + hw,
@@ -50,32 +57,6 @@ def _storage_offsets(hits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     q = (k / c).floor_()
     n = (q / hw).floor_()
     return k.mul_(hw).add_(q, alpha=1 - c * hw).add_(n, alpha=c * hw - hw).long()
-
-
-def _zero_at(t: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    t.as_strided((t.numel(),), (1,)).index_fill_(0, offsets, 0)  # t is dense: a fresh result
-    return t
-
-
-class _ScaleAndZero(torch.autograd.Function):
-    """y = x * scale with the elements at `hits` zeroed; the gradient likewise."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, hits: torch.Tensor, scale: float) -> torch.Tensor:
-        y = x * scale
-        if not (y.is_contiguous() or y.is_contiguous(memory_format=torch.channels_last)):
-            y = y.contiguous()  # in a layout whose positions `_storage_offsets` knows
-        offsets = _storage_offsets(hits, y)
-        ctx.scale, ctx.strides = scale, y.stride()
-        ctx.save_for_backward(offsets)
-        return _zero_at(y, offsets)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (offsets,) = ctx.saved_tensors
-        # laid out like the forward result, so that the same offsets name the same elements
-        g = torch.empty_strided(grad.shape, ctx.strides, dtype=grad.dtype, device=grad.device)
-        return _zero_at(torch.mul(grad, ctx.scale, out=g), offsets), None, None
 
 
 class MaxPoolCL(nn.MaxPool2d):
