@@ -37,7 +37,7 @@ def test_a_run_gives_the_same_numbers_in_every_layout(mnist, monkeypatch, amp) -
         for a, b in zip(hist, ref, strict=True):
             # the same masks, augmentations and batches: only rounding differs
             for loss in ("train_loss", "test_loss"):
-                assert getattr(a, loss) == pytest.approx(getattr(b, loss), rel=0.02 if amp else 1e-3)
+                assert getattr(a, loss) == pytest.approx(getattr(b, loss), rel=0.02 if amp else 3e-3)
             assert abs(a.test_acc - b.test_acc) <= 1.0, name  # 5 of the 500 test images
 
 
