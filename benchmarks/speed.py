@@ -2,7 +2,8 @@
 
     python benchmarks/speed.py            # throughput, ratio to the per-image baseline, FLOPs
     python benchmarks/speed.py --full     # + a full 15-epoch Step 6 run: wall time, accuracy, RSS
-    python benchmarks/speed.py --ablate   # + channels_last / precision / threads / batch / compile
+    python benchmarks/speed.py --ablate   # + each layout / precision / threads / batch / compile
+    python benchmarks/speed.py --profile  # + where a training step's time goes, in each layout
 
 Every figure is measured here; comparisons are ratios taken within this one run, because
 absolute seconds on a shared machine drift from run to run.
@@ -27,7 +28,7 @@ from PIL import Image, ImageEnhance
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mnist_ladder import data, steps
+from mnist_ladder import data, layout, steps
 from mnist_ladder import train as T
 from mnist_ladder.augment import SEED_AUGMENT, Augment
 from mnist_ladder.data import MEAN, STD
@@ -65,8 +66,15 @@ def flops_per_image() -> int:
 # ---------------------------------------------------------------- our pipeline
 
 
+def chosen_layout(mnist: data.MNIST) -> str:
+    """The layout a run of Step 6 would use here (measured once, then cached)."""
+    device = torch.device("cpu")
+    d = T.prepare(mnist, device, train_limit=STEP.recipe.batch_size, eval_limit=10)
+    return layout.choose(STEP, STEP.recipe, device, T.pick_amp("auto", device), d)
+
+
 def ours_images_per_s(mnist: data.MNIST, batches: int, *, batch_size: int = 128,
-                      channels_last: bool = True, amp: bool | None = None,
+                      layout_name: str = "cl", amp: bool | None = None,
                       threads: int | None = None, compile_model: bool = False,
                       augment: bool = True) -> float:
     """Training throughput (augmentation + forward + backward + step), one partial epoch;
@@ -80,8 +88,7 @@ def ours_images_per_s(mnist: data.MNIST, batches: int, *, batch_size: int = 128,
     recipe = dataclasses.replace(STEP.recipe, batch_size=batch_size, epochs=3,
                                  **({} if augment else {"augment": Augment()}))
     st = T.new_state(STEP, recipe, d, 1, device)
-    if not channels_last:
-        st.model.to(memory_format=torch.contiguous_format)
+    layout.apply(st.model, layout_name)  # in place: the optimizer keeps its parameters
     if compile_model:
         st.model = torch.compile(st.model)
     t0 = time.perf_counter()
@@ -96,11 +103,11 @@ def ours_images_per_s(mnist: data.MNIST, batches: int, *, batch_size: int = 128,
     return rate
 
 
-def eval_images_per_s(mnist: data.MNIST) -> float:
+def eval_images_per_s(mnist: data.MNIST, layout_name: str) -> float:
     device = torch.device("cpu")
     amp = T.pick_amp("auto", device)
     d = T.prepare(mnist, device, train_limit=128)
-    model = T.build_model(STEP, device)
+    model = T.build_model(STEP, device, layout_name)
     x, y = d.eval_sets["test"]
     T.test(model, x, y, amp)
     t = time.perf_counter()
@@ -203,35 +210,69 @@ def full_run(mnist: data.MNIST, batch_size: int) -> dict:
             "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-ABLATIONS = [("NCHW instead of channels_last", {"channels_last": False}),
-             ("fp32 instead of bf16", {"amp": False}),
+ABLATIONS = [("fp32 instead of bf16", {"amp": False}),
              ("1 thread instead of 2", {"threads": 1}),
              ("batch 256", {"batch_size": 256}),
              ("batch 512", {"batch_size": 512}),
              ("torch.compile (steady state)", {"compile_model": True})]
 
 
-def ablations(mnist: data.MNIST, batches: int, reps: int) -> list[tuple[str, str]]:
-    """Each choice against the default, interleaved: every rep measures the default and then
-    each alternative back to back, and the ratio is taken within the rep (this VM's speed
-    drifts by +-20% over minutes; ratios of neighbours drift far less). Median over reps."""
+def ablations(mnist: data.MNIST, batches: int, reps: int, chosen: str) -> list[tuple[str, str]]:
+    """Each choice against the default (the chosen layout), interleaved: every rep measures
+    the default and then the alternative back to back, and the ratio is taken within the rep
+    (this VM's speed drifts by +-20% over minutes; ratios of neighbours drift far less).
+    Medians over reps, of the ratios and of both rates, so each row's numbers agree."""
     print("ablations (ratio to the default measured just before, median of reps):")
-    ratios: dict[str, list[float]] = {label: [] for label, _ in ABLATIONS}
-    rates: dict[str, list[float]] = {label: [] for label, _ in ABLATIONS}
-    for _ in range(reps):
-        for label, kw in ABLATIONS:
-            base = ours_images_per_s(mnist, batches)
-            r = ours_images_per_s(mnist, batches, **kw)
-            ratios[label].append(r / base)
-            rates[label].append(r)
+    alternatives = [(f"layout {name} instead of {chosen}", {"layout_name": name})
+                    for name in layout.LAYOUTS if name != chosen] + ABLATIONS
     rows = []
-    for label, _ in ABLATIONS:
-        ratio = statistics.median(ratios[label])
-        spread = f"{min(ratios[label]):.2f}-{max(ratios[label]):.2f}"
-        rows.append((f"ablation: {label}", f"{statistics.median(rates[label]):,.0f} img/s, "
-                                           f"{ratio:.2f}x (reps {spread})"))
+    for label, kw in alternatives:
+        base_rates, alt_rates, ratios = [], [], []
+        for _ in range(reps):
+            base_rates.append(ours_images_per_s(mnist, batches, layout_name=chosen))
+            alt_rates.append(ours_images_per_s(mnist, batches, **{"layout_name": chosen, **kw}))
+            ratios.append(alt_rates[-1] / base_rates[-1])
+        ratio, spread = statistics.median(ratios), f"{min(ratios):.2f}-{max(ratios):.2f}"
+        rows.append((f"ablation: {label}",
+                     f"{statistics.median(alt_rates):,.0f} vs {statistics.median(base_rates):,.0f} "
+                     f"img/s, {ratio:.2f}x (reps {spread})"))
         print(f"  {label}: {ratio:.2f}x ({spread})", flush=True)
     return rows
+
+
+def profile_layouts(mnist: data.MNIST, chosen: str, steps_: int = 20, top: int = 8) -> None:
+    """Where a training step's time goes in each layout: torch.profiler's top ops by their
+    own CPU time, per step, on real images without augmentation (the model's work alone)."""
+    from torch.profiler import profile
+    device = torch.device("cpu")
+    amp = T.pick_amp("auto", device)
+    d = T.prepare(mnist, device, train_limit=STEP.recipe.batch_size, eval_limit=10)
+    x, y = T.normalize(T.to_unit(d.train_x)), d.train_y
+    for name in [chosen, *(n for n in layout.LAYOUTS if n != chosen)]:
+        torch.manual_seed(1)
+        model = T.build_model(STEP, device, name).train()
+        opt = T.make_optimizer(model, STEP.recipe)
+
+        def train_step(model: nn.Module = model, opt: torch.optim.Optimizer = opt) -> None:
+            with T.autocast(device, amp):
+                logits = model(x)
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(logits.float(), y).backward()
+            opt.step()
+
+        for _ in range(5):
+            train_step()
+        with profile() as prof:
+            for _ in range(steps_):
+                train_step()
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in events)
+        print(f"layout {name}{' (chosen)' if name == chosen else ''}: "
+              f"{total / steps_ / 1e3:.1f} ms of op time a step")
+        for e in events[:top]:
+            print(f"  {e.key:<40} {e.self_cpu_time_total / steps_ / 1e3:6.2f} ms "
+                  f"{100 * e.self_cpu_time_total / total:4.0f}%  {e.count // steps_:>3} calls")
+    sys.stdout.flush()
 
 
 def median_rate(fn, reps: int) -> float:
@@ -242,6 +283,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--full", action="store_true", help="also time a full 15-epoch Step 6 run")
     ap.add_argument("--ablate", action="store_true", help="also measure each speed choice")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print the top ops of a training step in each layout")
     ap.add_argument("--batches", type=int, default=60)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--full-batches", default="128",
@@ -257,12 +300,17 @@ def main() -> None:
         print(json.dumps(full_run(mnist, a.full_child)))
         return
     print(f"machine: {machine()}")
+    chosen = chosen_layout(mnist)
+    print(f"layout: {chosen} (layout.choose, cached in {layout.cache_path()})")
+    if a.profile:
+        profile_layouts(mnist, chosen)
     peak32, peak16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
     flops = flops_per_image()
-    ours = median_rate(lambda: ours_images_per_s(mnist, a.batches), a.reps)
+    ours = median_rate(lambda: ours_images_per_s(mnist, a.batches, layout_name=chosen), a.reps)
     seed = median_rate(lambda: seed_images_per_s(mnist, a.batches // 3), a.reps)
-    model_only = median_rate(lambda: ours_images_per_s(mnist, a.batches, augment=False), a.reps)
-    ev = eval_images_per_s(mnist)
+    model_only = median_rate(
+        lambda: ours_images_per_s(mnist, a.batches, layout_name=chosen, augment=False), a.reps)
+    ev = eval_images_per_s(mnist, chosen)
     achieved = ours * flops / 1e9
     amp = T.pick_amp("auto", torch.device("cpu"))
     peak = peak16 if amp else peak32
@@ -276,13 +324,14 @@ def main() -> None:
          f"{model_only / seed:.1f}x"),
         ("eval images/s", f"{ev:,.0f}"),
         ("precision", "bf16 autocast" if amp else "fp32"),
+        ("memory layout (measured by layout.choose)", chosen),
         ("model FLOPs per image, forward + backward", f"{flops / 1e6:.2f} M"),
         ("achieved GFLOP/s (model FLOPs x train images/s)", f"{achieved:.1f}"),
         ("measured matmul GFLOP/s fp32 / bf16", f"{peak32:.0f} / {peak16:.0f}"),
         ("fraction of matmul peak (same precision)", f"{100 * achieved / peak:.1f}%"),
     ]
     if a.ablate:
-        rows += ablations(mnist, a.batches, a.reps)
+        rows += ablations(mnist, a.batches, a.reps, chosen)
     if a.full:
         for bs in (int(b) for b in a.full_batches.split(",")):
             r = full_recipe(bs)

@@ -94,3 +94,52 @@ def test_fast_dropout_gradient_matches_its_mask() -> None:
     y = Dropout(0.3)(x)
     y.sum().backward()
     assert torch.equal(x.grad == 0, y == 0)
+
+
+# ---------------------------------------------------------------- the layouts' ops vs torch's
+
+LAYOUTS = [torch.contiguous_format, torch.channels_last]
+
+
+def _grads(module: torch.nn.Module, x: torch.Tensor, g: torch.Tensor, amp: bool):
+    x = x.detach().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        y = module(x)
+    return (y, *torch.autograd.grad(y, [x, *module.parameters()], g.to(y.dtype)))
+
+
+@pytest.mark.parametrize("amp", [False, True])
+@pytest.mark.parametrize("memory_format", LAYOUTS)
+def test_fast_dropout_drops_the_same_elements_in_any_layout(memory_format, amp) -> None:
+    x, g = torch.randn(16, 6, 10, 10), torch.randn(16, 6, 10, 10)
+    torch.manual_seed(5)
+    y0, gx0 = _grads(Dropout(0.2), x, g, amp)  # NCHW
+    torch.manual_seed(5)
+    y, gx = _grads(Dropout(0.2), x.contiguous(memory_format=memory_format), g, amp)
+    assert y.is_contiguous(memory_format=memory_format)
+    assert torch.equal(y, y0) and torch.equal(gx, gx0)
+    # and it is x * mask with the reference mask, forward and backward
+    mask = (y != 0).float() / 0.8
+    assert torch.allclose(y.float(), x * mask, rtol=1e-2 if amp else 1e-6)
+    assert torch.allclose(gx.float(), g * mask, rtol=1e-2 if amp else 1e-6)
+
+
+@pytest.mark.parametrize("amp", [False, True])
+@pytest.mark.parametrize("memory_format", LAYOUTS)
+def test_pool_and_batchnorm_in_the_other_layout_match_torch(memory_format, amp) -> None:
+    from mnist_ladder.models import BatchNormNCHW, MaxPoolCL
+    torch.manual_seed(0)
+    # ReLU'd input: windows of equal zeros, where the gradient's tie-breaking shows
+    x = torch.randn(8, 6, 13, 12).relu().contiguous(memory_format=memory_format)
+    pooled = torch.randn(8, 6, 6, 6)
+    for ours, ref, g in [(MaxPoolCL(2), torch.nn.MaxPool2d(2), pooled),
+                         (BatchNormNCHW(6), torch.nn.BatchNorm2d(6), torch.randn(8, 6, 13, 12))]:
+        if isinstance(ref, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(ref.weight)
+        ours.load_state_dict(ref.state_dict())
+        got, want = _grads(ours, x, g, amp), _grads(ref, x, g, amp)
+        assert got[0].is_contiguous(memory_format=memory_format)  # hands back the layout it got
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=2e-2 if amp else 1e-5, atol=2e-2 if amp else 1e-5)
+        for a, b in zip(ours.state_dict().values(), ref.state_dict().values(), strict=True):
+            torch.testing.assert_close(a, b)  # running statistics too

@@ -22,8 +22,9 @@ class Dropout(nn.Dropout):
     p = 0.03 that was a third of a Step 6 training step. Here only the dropped positions are
     drawn: a Poisson(-n log(1 - p)) number of uniform hits leaves each element un-hit with
     probability exactly 1 - p, independently (Poisson splitting), so the mask is i.i.d.
-    Bernoulli(p) as in `nn.Dropout`, from about 30x fewer random numbers. CUDA keeps the
-    native kernel, which is fast there.
+    Bernoulli(p) as in `nn.Dropout`, from about 30x fewer random numbers. The hits are
+    positions in channels-last order, so a seed drops the same elements in any memory layout.
+    CUDA keeps the native kernel, which is fast there.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -31,10 +32,53 @@ class Dropout(nn.Dropout):
             return F.dropout(x, self.p, self.training)
         n = x.numel()
         hits = int(torch.poisson(torch.tensor(-n * math.log1p(-self.p), dtype=torch.float64)))
-        mask = torch.empty_like(x)  # keeps channels_last; which element is which does not matter
-        flat = mask.as_strided((n,), (1,))
-        flat.fill_(1 / (1 - self.p)).index_fill_(0, torch.randint(0, n, (hits,)), 0)
+        mask = torch.empty_like(x, memory_format=_layout_of(x))
+        offsets = _storage_offsets(torch.randint(0, n, (hits,)), mask)
+        mask.as_strided((n,), (1,)).fill_(1 / (1 - self.p)).index_fill_(0, offsets, 0)
         return x * mask
+
+
+def _layout_of(x: torch.Tensor) -> torch.memory_format:
+    return (torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+            else torch.contiguous_format)
+
+
+def _storage_offsets(hits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Where the elements at positions `hits` of `t` (laid out as `_layout_of` says) sit in
+    its memory. Positions count in channels-last order for 4-d tensors, so that the same
+    elements drop in any layout, at no cost in the layout the ladder trains in by default.
+    Computed in float64, which holds these integers exactly and divides faster than int64."""
+    if t.dim() != 4 or t.is_contiguous(memory_format=torch.channels_last):
+        return hits
+    # position k = (n*HW + hw)*C + c sits at n*CHW + c*HW + hw: with q = k // C = n*HW + hw,
+    # that is k*HW + q*(1 - C*HW) + n*(C*HW - HW)
+    c, hw = t.shape[1], t.shape[2] * t.shape[3]
+    k = hits.double()
+    q = (k / c).floor_()
+    n = (q / hw).floor_()
+    return k.mul_(hw).add_(q, alpha=1 - c * hw).add_(n, alpha=c * hw - hw).long()
+
+
+class MaxPoolCL(nn.MaxPool2d):
+    """`nn.MaxPool2d` run on a channels-last copy of an NCHW input, the result returned NCHW:
+    torch's NCHW max-pool on the CPU was several times slower than its channels-last one plus
+    the two copies (`benchmarks/speed.py --ablate`). Gradients are torch's own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x)
+        return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+
+class BatchNormNCHW(nn.BatchNorm2d):
+    """`nn.BatchNorm2d` run on an NCHW copy of a channels-last input, the result returned
+    channels-last: on some CPUs torch's channels-last BatchNorm backward is many times slower
+    than its NCHW one, more than the two copies cost. Same parameters and state_dict."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_contiguous():
+            return super().forward(x)
+        return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
 
 
 class Conv(nn.Sequential):

@@ -286,8 +286,10 @@ def set_determinism(seed: int) -> None:
     torch.backends.cudnn.deterministic = True
 
 
-def build_model(step: Step, device: torch.device) -> nn.Module:
-    return step.build().to(device, memory_format=torch.channels_last)
+def build_model(step: Step, device: torch.device, layout: str = "cl") -> nn.Module:
+    """`step`'s model on `device` in memory layout `layout` (a name in `layout.LAYOUTS`)."""
+    from .layout import apply  # here: layout.py imports this module
+    return apply(step.build(), layout).to(device)
 
 
 def new_state(step: Step, recipe: Recipe, data: DeviceData, seed: int,
