@@ -87,8 +87,7 @@ def ours_images_per_s(mnist: data.MNIST, batches: int, *, batch_size: int = 128,
     d = T.prepare(mnist, device, train_limit=batch_size * batches)
     recipe = dataclasses.replace(STEP.recipe, batch_size=batch_size, epochs=3,
                                  **({} if augment else {"augment": Augment()}))
-    st = T.new_state(STEP, recipe, d, 1, device)
-    layout.apply(st.model, layout_name)  # in place: the optimizer keeps its parameters
+    st = T.new_state(STEP, recipe, d, 1, device, layout_name)
     if compile_model:
         st.model = torch.compile(st.model)
     t0 = time.perf_counter()
@@ -197,13 +196,13 @@ def full_recipe(batch_size: int):
     return dataclasses.replace(r, batch_size=batch_size, lr=r.lr * k, max_lr=r.max_lr * k)
 
 
-def full_run(mnist: data.MNIST, batch_size: int) -> dict:
+def full_run(mnist: data.MNIST, batch_size: int, layout_name: str) -> dict:
     device = torch.device("cpu")
     amp = T.pick_amp("auto", device)
     t = time.perf_counter()
     d = T.prepare(mnist, device)
     hist = []
-    for r in T.fit(STEP, d, full_recipe(batch_size), seed=1, amp=amp):
+    for r in T.fit(STEP, d, full_recipe(batch_size), seed=1, amp=amp, layout=layout_name):
         hist.append(r)
         print(f"    epoch {r.epoch:>2}: test {r.test_acc:.2f}%  {r.seconds:.1f}s", flush=True)
     return {"wall_s": time.perf_counter() - t, "last3": [h.test_acc for h in hist[-3:]],
@@ -297,7 +296,7 @@ def main() -> None:
     mnist = data.load()
     if a.full_child is not None:
         import json
-        print(json.dumps(full_run(mnist, a.full_child)))
+        print(json.dumps(full_run(mnist, a.full_child, chosen_layout(mnist))))
         return
     print(f"machine: {machine()}")
     chosen = chosen_layout(mnist)

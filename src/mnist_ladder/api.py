@@ -85,7 +85,8 @@ def fit(step: Step | str | Path, seed: int = 1, epochs: int | None = None, *,
         device: str = "auto", precision: str = "auto", val: bool = False,
         val_only: bool = False, batch_size: int | None = None, train_limit: int | None = None,
         eval_limit: int | None = None, db: Path | str | None = None,
-        out: Path | str = "runs", resume: str | None = None, verbose: bool = True) -> FitResult:
+        out: Path | str = "runs", resume: str | None = None, layout: str = "auto",
+        verbose: bool = True) -> FitResult:
     """Train a step (a `Step`, a name or a step file) and record it in your store (default
     runs/ladder.db). `train_limit`/`eval_limit` train and evaluate on the first N images, for
     quick looks; `resume` continues an interrupted run of this same step."""
@@ -100,7 +101,7 @@ def fit(step: Step | str | Path, seed: int = 1, epochs: int | None = None, *,
         if prior is not None and prior.source_hash != s.source_hash:
             raise RunError(f"run {resume} was made from another version of {s.name}")
         row = execute(spec, data.load(), store, Path(out), device=dev, amp=amp, resume=prior,
-                      step=s, log=print if verbose else (lambda _: None))
+                      step=s, layout=layout, log=print if verbose else (lambda _: None))
         history = [{k: v for k, v in e.items() if k != "run_id"} for e in store.epochs(row.id)]
     model = s.build()
     weights = torch.load(Path(row.run_dir) / "model.pt", map_location="cpu", weights_only=True)

@@ -150,21 +150,28 @@ def epoch_line(r: EpochResult, total: int) -> str:
 
 def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: torch.device,
             amp: bool, resume: RunRow | None = None, step: Step | None = None,
-            log: Callable[[str], None] = print) -> RunRow:
+            layout: str = "cl", log: Callable[[str], None] = print) -> RunRow:
     """Train `spec` (or continue the interrupted run `resume`), recording as it goes.
 
     `step` is the spec's step when the caller holds it already (one defined in a notebook);
     otherwise it is resolved from the spec. The run is claimed in the store with a lease that
-    a heartbeat renews: a second process asking for the same run is refused.
+    a heartbeat renews: a second process asking for the same run is refused. `layout` is the
+    memory layout to train in (`auto`: measured once per step and machine, see layout.py); a
+    resumed run keeps the one it started with.
     """
     step = step or resolve_step(spec)
     data = prepare(mnist, device, val=spec.val, train_limit=spec.train_limit,
                    eval_limit=spec.eval_limit, test=spec.test)
-    state = new_state(step, spec.recipe, data, spec.seed, device)
+    ckpt = load_checkpoint(Path(resume.run_dir) / CHECKPOINT) if resume is not None else None
+    if ckpt is not None:
+        layout = ckpt.get("layout", "cl")
+    else:
+        from .layout import resolve
+        layout = resolve(layout, step, spec.recipe, device, amp, data)
+    state = new_state(step, spec.recipe, data, spec.seed, device, layout)
     owner = new_owner()
     if resume is not None:
         run_id, run_dir = resume.id, Path(resume.run_dir)
-        ckpt = load_checkpoint(run_dir / CHECKPOINT)
         store.claim(run_id, owner)
         state.load_state_dict(ckpt["state"])
         prior_seconds = ckpt["wall_seconds"]
@@ -186,7 +193,7 @@ def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: to
                      torch.__version__, str(device), int(amp), str(run_dir),
                      socket.gethostname(), os.getpid(), now(), None, "running", None,
                      source_hash=step.source_hash, source_file=step.source_file,
-                     source=step.source)
+                     source=step.source, layout=layout)
         try:
             store.add_run(row, owner)
         except RunClaimed:
@@ -200,8 +207,8 @@ def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: to
         wall = prior_seconds + time.perf_counter() - t0
         # The checkpoint first: an epoch in the store is always one a resume can start after.
         try:
-            save_atomic({"spec": spec.to_dict(), "state": st.state_dict(), "wall_seconds": wall},
-                        run_dir / CHECKPOINT)
+            save_atomic({"spec": spec.to_dict(), "state": st.state_dict(), "wall_seconds": wall,
+                         "layout": layout}, run_dir / CHECKPOINT)
             (run_dir / METRICS).write_text(json.dumps([asdict(h) for h in st.history], indent=1))
         except OSError as e:
             raise RunError(f"could not write the checkpoint of epoch {result.epoch} in {run_dir} "
@@ -317,6 +324,7 @@ class Task:
     device: str
     amp: bool
     threads: int
+    layout: str = "auto"
 
 
 def made_by_other_code(task: Task, store: Store) -> RunRow | None:
@@ -342,7 +350,7 @@ def run_task(task: Task) -> tuple[str, str]:
         name = f"{task.spec.step} seed {task.spec.seed}"
         try:
             row = execute(task.spec, load(), store, Path(task.out_dir), device=torch.device(task.device),
-                          amp=task.amp, resume=resume,
+                          amp=task.amp, resume=resume, layout=task.layout,
                           log=lambda s: print(f"[{name}] {s}", flush=True))
         except RunClaimed as e:
             return resume.id if resume else "-", f"skipped: {e}"

@@ -293,9 +293,9 @@ def build_model(step: Step, device: torch.device, layout: str = "cl") -> nn.Modu
 
 
 def new_state(step: Step, recipe: Recipe, data: DeviceData, seed: int,
-              device: torch.device) -> TrainState:
+              device: torch.device, layout: str = "cl") -> TrainState:
     set_determinism(seed)
-    model = build_model(step, device)
+    model = build_model(step, device, layout)
     optimizer = make_optimizer(model, recipe)
     steps_per_epoch = math.ceil(len(data.train_y) / recipe.batch_size)
     scheduler, per_batch = make_scheduler(optimizer, recipe, steps_per_epoch)
@@ -320,7 +320,7 @@ def save_atomic(obj: object, path: Path) -> None:
 
 
 def fit(step: Step, data: DeviceData, recipe: Recipe, *, seed: int = 1, amp: bool = False,
-        state: TrainState | None = None,
+        state: TrainState | None = None, layout: str = "cl",
         on_epoch: Callable[[EpochResult, TrainState], None] | None = None) -> Iterator[EpochResult]:
     """Train `step`'s model with `recipe` and yield an EpochResult after every epoch.
 
@@ -329,7 +329,7 @@ def fit(step: Step, data: DeviceData, recipe: Recipe, *, seed: int = 1, amp: boo
     """
     device = data.train_y.device
     if state is None:
-        state = new_state(step, recipe, data, seed, device)
+        state = new_state(step, recipe, data, seed, device, layout)
     for epoch in range(len(state.history) + 1, recipe.epochs + 1):
         t0 = time.perf_counter()
         lr = state.optimizer.param_groups[0]["lr"]
