@@ -69,7 +69,7 @@ def test_run_writes_metrics_weights_and_store(tmp_path: Path, mnist) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert (run_dir / "model.pt").is_file() and (run_dir / "checkpoint.pt").is_file()
-    db = sqlite3.connect(tmp_path / "results" / "ladder.db")
+    db = sqlite3.connect(tmp_path / "runs" / "ladder.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     status, params, seed = db.execute("SELECT status, params, seed FROM runs").fetchone()
     assert (status, params, seed) == ("finished", 6720, 5)
@@ -100,7 +100,7 @@ def start_run_past_its_first_epoch(tmp_path: Path) -> tuple[subprocess.Popen, Pa
     args = ["run", "step6", "--epochs", "4", "--train-limit", "4000", "--eval-limit", "500"]
     proc = subprocess.Popen([sys.executable, "-m", "mnist_ladder", *args], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    db = tmp_path / "results" / "ladder.db"
+    db = tmp_path / "runs" / "ladder.db"
     wait_for_epochs(db, 1, proc)
     return proc, db
 
@@ -148,12 +148,12 @@ def test_ladder_runs_steps_by_seeds_in_parallel_and_skips_finished(tmp_path: Pat
     first = ladder(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.count(": finished") == 4
-    assert (tmp_path / "REPORT.md").is_file()  # the subset runs are listed as skipped there
-    assert "trained on a data subset" in (tmp_path / "REPORT.md").read_text()
+    report = tmp_path / "runs" / "REPORT.md"  # the user's report, beside the user's store
+    assert report.is_file() and "trained on a data subset" in report.read_text()
     again = ladder(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("skipped (already finished") == 4
-    db = sqlite3.connect(tmp_path / "results" / "ladder.db")
+    db = sqlite3.connect(tmp_path / "runs" / "ladder.db")
     assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 4
     assert {s for (s,) in db.execute("SELECT seed FROM runs")} == {1, 2}
 
@@ -182,7 +182,7 @@ def test_killed_ladder_continues_where_it_stopped(tmp_path: Path, mnist) -> None
             "--eval-limit", "500", "--no-report"]
     proc = subprocess.Popen([sys.executable, "-m", "mnist_ladder", *args], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    db = tmp_path / "results" / "ladder.db"
+    db = tmp_path / "runs" / "ladder.db"
     wait_for_epochs(db, 2, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

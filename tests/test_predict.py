@@ -45,7 +45,8 @@ def user_images(mnist, folder: Path, n: int = 200, seed: int = 0) -> list[tuple[
 def test_user_style_images_are_predicted_almost_as_well_as_tensors(trained_step6, mnist,
                                                                     tmp_path: Path) -> None:
     db, row = trained_step6
-    model, step = predict.load_model(predict.resolve_run(row.id, db))
+    with Store(db, create=False) as store:
+        model, step = predict.load_model(predict.resolve_run(row.id, store))
     assert step == "step6"
     x = train.normalize(train.to_unit(mnist.test_images[:200]))
     tensor_acc = (train.predict(model, x).argmax(1) == mnist.test_labels[:200]).float().mean().item()
@@ -126,20 +127,12 @@ def test_folder_of_mixed_files_predicts_images_and_reports_the_rest(trained_step
 def test_run_can_be_named_by_id_folder_file_or_best(trained_step6) -> None:
     db, row = trained_step6
     weights = Path(row.run_dir) / "model.pt"
-    for name in (row.id, row.run_dir, str(weights)):
-        assert predict.resolve_run(name, db) == weights
-    # 'best' takes finished full-protocol Step 6 runs only; this one trained on a subset
-    with pytest.raises(predict.PredictError, match="no finished step6 run"):
-        predict.resolve_run("best", db)
-    with Store(db) as store:
-        store.db.execute("UPDATE runs SET protocol='test' WHERE id=?", (row.id,))
-        store.db.commit()
-    try:
-        assert predict.resolve_run("best", db) == weights
-    finally:
-        with Store(db) as store:
-            store.db.execute("UPDATE runs SET protocol=? WHERE id=?", (row.protocol, row.id))
-            store.db.commit()
+    with Store(db, create=False) as store:
+        for name in (row.id, row.run_dir, str(weights)):
+            assert predict.resolve_run(name, store) == weights
+        # 'best' takes steps with 3 finished full-protocol seeds; this one trained on a subset
+        with pytest.raises(predict.PredictError, match="3 or more finished test-protocol seeds"):
+            predict.resolve_run("best", store)
 
 
 def test_mismatched_architecture_is_one_line(trained_step6, tmp_path: Path) -> None:

@@ -143,13 +143,14 @@ class RunRow:
 
     @property
     def effective_status(self) -> str:
-        """A 'running' row whose lease lapsed (killed, machine slept) was interrupted. Rows
-        written before leases existed fall back to whether their process is alive."""
+        """A 'running' row whose lease lapsed (killed, machine slept) was interrupted; so is
+        one whose process is gone from this machine, at once. A live pid proves nothing (it
+        may be another process's now): then the lease decides."""
         if self.status != "running":
             return self.status
-        if self.lease_until is not None:
-            return "running" if self.lease_until > time.time() else "interrupted"
         if self.host == socket.gethostname() and not _alive(self.pid):
+            return "interrupted"
+        if self.lease_until is not None and self.lease_until <= time.time():
             return "interrupted"
         return self.status
 
@@ -230,14 +231,14 @@ class Store:
         self.db.execute("BEGIN IMMEDIATE")  # the check and the insert as one atomic step
         try:
             if owner is not None:
-                twin = self.db.execute(
-                    "SELECT id FROM runs WHERE step=? AND seed=? AND protocol=? AND recipe=? "
-                    "AND source_hash IS ? AND status='running' AND lease_until > ?",
-                    (row.step, row.seed, row.protocol, d["recipe"], row.source_hash,
-                     time.time())).fetchone()
-                if twin is not None:
+                twins = self.db.execute(
+                    "SELECT * FROM runs WHERE step=? AND seed=? AND protocol=? AND recipe=? "
+                    "AND source_hash IS ? AND status='running'",
+                    (row.step, row.seed, row.protocol, d["recipe"], row.source_hash)).fetchall()
+                live = [t for t in map(self._row, twins) if t.effective_status == "running"]
+                if live:
                     raise RunClaimed(f"{row.step} seed {row.seed} ({row.protocol}) is being "
-                                     f"trained by another process now (run {twin[0]})")
+                                     f"trained by another process now (run {live[0].id})")
             self.db.execute(f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(d))})",
                             tuple(d.values()))
         except BaseException:
@@ -274,19 +275,25 @@ class Store:
     # -------------------------------------------------------- claiming a run
 
     def claim(self, run_id: str, owner: str) -> None:
-        """Take the run's lease, atomically: refused while another owner's lease is live."""
+        """Take the run's lease, atomically: refused while another owner's lease is live and
+        its process is not known to be dead."""
         self._check_same_file()
-        with self.db:
-            cur = self.db.execute(
-                "UPDATE runs SET lease_owner=?, lease_until=?, status='running', pid=?, host=? "
-                "WHERE id=? AND (lease_until IS NULL OR lease_until < ? OR lease_owner = ?)",
-                (owner, time.time() + LEASE_SECONDS, os.getpid(), socket.gethostname(), run_id,
-                 time.time(), owner))
-        if cur.rowcount != 1:
+        self.db.execute("BEGIN IMMEDIATE")  # the check and the update as one atomic step
+        try:
             row = self.run(run_id)
-            raise RunClaimed(f"run {run_id} is being trained by another process "
-                             f"({row.host}, pid {row.pid}); its lease runs until "
-                             f"{datetime.fromtimestamp(row.lease_until or 0, UTC):%H:%M:%S} UTC")
+            if row.lease_owner not in (None, owner) and row.effective_status == "running":
+                until = datetime.fromtimestamp(row.lease_until or 0, UTC)
+                raise RunClaimed(f"run {run_id} is being trained by another process "
+                                 f"({row.host}, pid {row.pid}); its lease runs until "
+                                 f"{until:%H:%M:%S} UTC")
+            self.db.execute(
+                "UPDATE runs SET lease_owner=?, lease_until=?, status='running', pid=?, host=? "
+                "WHERE id=?", (owner, time.time() + LEASE_SECONDS, os.getpid(),
+                               socket.gethostname(), run_id))
+        except BaseException:
+            self.db.rollback()
+            raise
+        self.db.commit()
 
     def release(self, run_id: str, owner: str) -> None:
         with self.db:
