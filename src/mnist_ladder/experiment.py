@@ -203,6 +203,8 @@ def load_checkpoint(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in first:  # torch's advice (load it unsafely) is not ours to give
+            first = "it holds objects that could run code when loaded; refused"
         raise RunError(f"{path}: not a loadable checkpoint ({first})") from e
 
 
