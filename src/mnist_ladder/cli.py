@@ -41,8 +41,8 @@ def positive_int(text: str) -> int:
 
 
 def thread_count(text: str) -> int:
-    """At most the machine's CPUs: more threads than cores only contend (999 threads made a
-    0.1 s epoch take 305 s)."""
+    """At most the machine's CPUs: more threads than cores only contend (issue #16 reports
+    999 threads turning a 0.1 s epoch into 305 s)."""
     v = positive_int(text)
     cpus = os.cpu_count() or 1
     if v > cpus:
