@@ -4,12 +4,9 @@ the SQLite default. Workers are separate processes, as on separate machines."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,54 +14,6 @@ import optuna
 import pytest
 
 from mnist_ladder import sweep
-
-TINY = ["--epochs", "2", "--train-limit", "1000", "--eval-limit", "500", "--heartbeat", "1"]
-
-
-def pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
-    return str(candidates[-1]) if candidates else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    if not pg_bin("initdb"):
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed: .ci/run installs it")
-        pytest.skip("PostgreSQL server binaries not installed")
-    root = Path(tempfile.mkdtemp(prefix="ladder-pg-"))
-    root.chmod(0o755)
-    data, sock = root / "data", root / "sock"
-    data.mkdir()
-    sock.mkdir()
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(data, "postgres")
-        shutil.chown(sock, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-
-    def run(*cmd: str) -> None:
-        subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)
-
-    run(pg_bin("initdb"), "-D", str(data), "-U", "ladder", "--auth=trust")
-    run(pg_bin("pg_ctl"), "-D", str(data), "-w", "-l", str(root / "sock" / "log"), "-o",
-        f"-p {port} -k {sock} -c listen_addresses=127.0.0.1", "start")
-    try:
-        run(pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "ladder", "sweeps")
-        yield f"postgresql+psycopg2://ladder@127.0.0.1:{port}/sweeps"
-    finally:
-        run(pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -74,21 +23,14 @@ def storage_url(request, tmp_path: Path) -> str:
     return request.getfixturevalue("postgres_url")
 
 
-def worker(study: str, url: str, trials: int, cwd: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "mnist_ladder", "sweep", "--study", study, "--trials", str(trials),
-         "--storage", url, *TINY, *extra], cwd=cwd, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
-
-
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     return [t for t in study.trials if t.state in done]
 
 
-def test_two_workers_share_one_study(storage_url: str, tmp_path: Path, mnist) -> None:
+def test_two_workers_share_one_study(storage_url: str, tmp_path: Path, mnist, sweep_worker) -> None:
     name = f"two-{time.time_ns()}"
-    procs = [worker(name, storage_url, 6, tmp_path) for _ in range(2)]
+    procs = [sweep_worker(name, storage_url, 6, tmp_path) for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     study = sweep.load_study(name, storage_url)
@@ -104,10 +46,11 @@ def test_two_workers_share_one_study(storage_url: str, tmp_path: Path, mnist) ->
     assert len(params) == len(set(params))  # no trial ran twice
 
 
-def test_killed_worker_trial_is_retried_not_lost(storage_url: str, tmp_path: Path, mnist) -> None:
+def test_killed_worker_trial_is_retried_not_lost(storage_url: str, tmp_path: Path, mnist,
+                                                 sweep_worker) -> None:
     name = f"kill-{time.time_ns()}"
     same_command = ["--fix", "n_convs2=4", "--fix", "batch_size=64", "--budget", "100000"]
-    victim = worker(name, storage_url, 3, tmp_path, *same_command)
+    victim = sweep_worker(name, storage_url, 3, tmp_path, *same_command)
     study = None
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -126,7 +69,7 @@ def test_killed_worker_trial_is_retried_not_lost(storage_url: str, tmp_path: Pat
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     time.sleep(4)  # past the grace period of 3 heartbeats
-    rescuer = worker(name, storage_url, 3, tmp_path, *same_command)
+    rescuer = sweep_worker(name, storage_url, 3, tmp_path, *same_command)
     out = rescuer.communicate(timeout=600)[0]
     assert rescuer.returncode == 0, out
     study = sweep.load_study(name, storage_url)

@@ -17,6 +17,8 @@ from . import data, steps
 from .catalog import Catalog, StepFileError, catalog
 from .comparison import CompareError
 from .experiment import RunError, execute, make_spec
+from .export import ExportError
+from .family import ArchError
 from .models import count_parameters
 from .predict import PredictError
 from .report import ReportError
@@ -48,6 +50,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if v <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {v}")
+    return v
+
+
+def thread_count(text: str) -> int:
+    """At most the machine's CPUs: more threads than cores only contend (issue #16 reports
+    999 threads turning a 0.1 s epoch into 305 s)."""
+    v = positive_int(text)
+    cpus = os.cpu_count() or 1
+    if v > cpus:
+        raise argparse.ArgumentTypeError(f"{v} threads: this machine has {cpus} CPU(s)")
     return v
 
 
@@ -92,6 +104,22 @@ def open_stores(a: argparse.Namespace) -> Stores:
         raise StoreError("no results store at " + " or ".join(str(p) for p in paths)
                          + " (run a step first: `ladder run step6`)")
     return stores
+
+
+def study_name(text: str) -> str:
+    from .sweep import SweepError, check_study_name
+    try:
+        return check_study_name(text)
+    except SweepError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def trial_ref(text: str) -> tuple[str, int]:
+    """STUDY:N -> (study, trial number)."""
+    name, _, number = text.rpartition(":")
+    if not name or not number.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: use STUDY:TRIAL_NUMBER")
+    return study_name(name), int(number)
 
 
 # ---------------------------------------------------------------- commands
@@ -160,11 +188,8 @@ def cmd_run(a: argparse.Namespace) -> int:
             step = resolve_step(spec)
         elif a.from_trial:
             from . import sweep
-            name, _, number = a.from_trial.rpartition(":")
-            if not name or not number.isdigit():
-                raise sweep.SweepError(f"--from-trial {a.from_trial!r}: use STUDY:TRIAL_NUMBER")
-            url = a.storage or sweep.default_storage(store.path)
-            arch, recipe, _ = sweep.trial_config(name, int(number), url)
+            name, number = a.from_trial
+            arch, recipe, _ = sweep.trial_config(name, number, study_storages(a))
             recipe = dataclasses.replace(recipe, epochs=a.epochs or recipe.epochs,
                                          batch_size=a.batch_size or recipe.batch_size)
             spec = Spec(f"trial-{name}-{number}", a.seed, recipe, a.val, a.train_limit,
@@ -289,7 +314,9 @@ def cmd_report(a: argparse.Namespace) -> int:
 def cmd_predict(a: argparse.Namespace) -> int:
     import json
 
-    from .predict import expand, load_model, predict_files, resolve_run, save_seen
+    from .predict import expand, load_model, predict_files, resolve_run, save_seen, writable_folder
+    if a.show:
+        writable_folder(a.show)
     with open_stores(a) as stores:
         model, step_name = load_model(resolve_run(a.run, stores, say=_say))
     files, notes = expand(a.images)
@@ -327,17 +354,29 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def study_storages(a: argparse.Namespace) -> list[str]:
+    """Where to look for an existing study: --storage alone if given, else the user's own
+    sweeps.db (beside the results store), then the project's reference studies."""
+    from . import sweep
+    if a.storage:
+        return [a.storage]
+    return [sweep.default_storage(Path(a.db or default_db_path())), sweep.reference_storage()]
+
+
 def cmd_sweep(a: argparse.Namespace) -> int:
     from . import sweep
     url = a.storage or sweep.default_storage(write_db(a))
     if a.what:
         if a.what[0] != "report" or len(a.what) != 2:
             raise sweep.SweepError("use `ladder sweep --study NAME ...` or `ladder sweep report NAME`")
-        print(sweep.report(a.what[1], url, a.out))
-        print(f"(also in {a.out / f'sweep-{a.what[1]}.md'})")
+        text, page = sweep.report(a.what[1], study_storages(a), a.out)
+        print(text)
+        print(f"(also in {page}, with its plot beside it)")
         return 0
     if not a.study:
         raise sweep.SweepError("--study NAME is required")
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     cfg = sweep.SweepConfig(a.study, url, a.trials, a.epochs, a.budget, a.multi_objective,
@@ -348,7 +387,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     print(f"study {a.study}: {len(study.trials)} trials, {len(done)} complete"
           + (f"; best value {study.best_value:.2f}% (trial {study.best_trial.number}, "
-             f"{study.best_trial.user_attrs['params']} params)"
+             f"{study.best_trial.user_attrs['params']:,} params)"
              if done and not a.multi_objective else ""))
     return 0
 
@@ -537,7 +576,7 @@ def build_parser() -> Parser:
     train_opts.add_argument("--layout", default="auto", choices=layout_choices(),
                             help="memory layout to train in; auto: the fastest, measured once "
                                  "per step, CPU and precision (cached in the user cache)")
-    train_opts.add_argument("--threads", type=positive_int,
+    train_opts.add_argument("--threads", type=thread_count,
                             help="CPU threads (ladder: per job; default: the CPU's threads, "
                                  "shared among the jobs)")
     train_opts.add_argument("--val", action="store_true",
@@ -575,9 +614,10 @@ def build_parser() -> Parser:
     s.add_argument("--seed", type=seed_int, default=1)
     s.add_argument("--batch-size", type=positive_int)
     s.add_argument("--resume", metavar="RUN", help="continue an interrupted run (its id or folder)")
-    s.add_argument("--from-trial", metavar="STUDY:N",
+    s.add_argument("--from-trial", metavar="STUDY:N", type=trial_ref,
                    help="re-train a sweep trial's configuration (15 epochs, test protocol)")
-    s.add_argument("--storage", help="the sweep storage URL, for --from-trial")
+    s.add_argument("--storage", help="the sweep storage URL, for --from-trial (default: sweeps.db "
+                   "beside the results store, then the reference results)")
     s.add_argument("--train-limit", type=positive_int, metavar="N",
                    help="train on the first N images only (quick checks)")
     s.add_argument("--eval-limit", type=positive_int, metavar="N",
@@ -619,12 +659,15 @@ def build_parser() -> Parser:
     s.set_defaults(func=cmd_export)
     s = sub.add_parser("sweep", parents=[common, train_opts],
                        help="Optuna search under a parameter budget; `sweep report NAME`")
-    s.add_argument("what", nargs="*", help="`report NAME` for a study's report")
-    s.add_argument("--study", help="study name (workers with the same name share it)")
+    s.add_argument("what", nargs="*", help="`report NAME`: the study's page and Pareto plot, "
+                   "written into --out (default runs/)")
+    s.add_argument("--study", type=study_name,
+                   help="study name (workers with the same name share it)")
     s.add_argument("--trials", type=positive_int, default=30, help="finished trials to reach")
     s.add_argument("--epochs", type=positive_int, default=3, help="epochs per trial")
     s.add_argument("--budget", type=positive_int, default=8000, help="maximum parameters")
-    s.add_argument("--storage", help="Optuna storage URL (default: sqlite file beside the store; "
+    s.add_argument("--storage", help="Optuna storage URL (default: sweeps.db beside the results "
+                   "store; reports also look in the reference results; "
                    "postgresql://user:pass@host/db to share across machines)")
     s.add_argument("--multi-objective", action="store_true",
                    help="search parameters vs accuracy; keep the Pareto front")
@@ -666,9 +709,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("run needs a STEP (or --resume RUN, or --from-trial STUDY:N)")
         if getattr(a, "reference_dir", None):  # one place decides where the reference is
             os.environ["MNIST_LADDER_REFERENCE"] = str(a.reference_dir)
-        return a.func(a)
+        code = a.func(a)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`ladder runs | head`): the standard way out, from Python's
+        # signal docs: stdout to devnull so that the final flush cannot fail again, no message.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (UnknownStep, ConfigError, data.DataError, StoreError, RunError, PredictError,
-            SweepError, StepFileError, CompareError, ReportError) as e:
+            SweepError, ArchError, ExportError, StepFileError, CompareError, ReportError) as e:
         print(f"ladder: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

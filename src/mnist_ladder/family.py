@@ -11,13 +11,51 @@ hidden layer after GAP, and a 1x1 to the ten classes.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from .models import Conv, Net
+from .models import Conv, Net, count_parameters
 from .steps import Recipe, Step
+
+# An architecture may come from a file a user hands us (a model.pt's `arch`): it is checked
+# before anything is allocated. The search space's largest model has 19,532 parameters;
+# this bound leaves room for any sweep while refusing, say, 10**6 channels (130 GB).
+MAX_PARAMS = 1_000_000
+
+
+class ArchError(ValueError):
+    """An architecture that is not one of this family's, or too large to build."""
+
+
+def check(arch: object) -> dict:
+    """`arch` if it is a well-formed architecture within MAX_PARAMS, else ArchError."""
+    def whole(v: object, low: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    if not isinstance(arch, dict) or not {"convs1", "transition", "convs2"} <= arch.keys():
+        raise ArchError("an architecture is a dict with convs1, transition and convs2")
+    convs = [*arch["convs1"], *arch["convs2"]] if all(
+        isinstance(arch[k], list) and arch[k] for k in ("convs1", "convs2")) else None
+    if (convs is None or not all(whole(c, 1) for c in convs) or not whole(arch["transition"], 1)
+            or not whole(arch.get("head", 0), 0)
+            or not isinstance(arch.get("dropout", 0.0), int | float)
+            or not 0.0 <= arch.get("dropout", 0.0) < 1.0):
+        raise ArchError(f"not an architecture of the model family: {arch}")
+    side = (28 - 2 * len(arch["convs1"])) // 2 - 2 * len(arch["convs2"])  # unpadded 3x3s
+    if side < 1:
+        raise ArchError(f"{len(convs)} convolutions leave no image to classify: {arch}")
+    with torch.device("meta"):  # counted without allocating a single weight
+        params = count_parameters(_build(arch))
+    if params > MAX_PARAMS:
+        raise ArchError(f"{params:,} parameters, over the family's limit of {MAX_PARAMS:,}")
+    return arch
 
 
 def build(arch: dict) -> nn.Module:
+    return _build(check(arch))
+
+
+def _build(arch: dict) -> nn.Module:
     p = float(arch.get("dropout", 0.0))
 
     def block(cin: int, cout: int, k: int = 3) -> Conv:
@@ -42,6 +80,5 @@ def build(arch: dict) -> nn.Module:
 
 
 def as_step(name: str, arch: dict, recipe: Recipe, title: str = "searched architecture") -> Step:
-    from .models import count_parameters
     return Step(name=name, title=title, target=("found by `ladder sweep`",),
                 build=lambda: build(arch), recipe=recipe, analysis=(), params=count_parameters(build(arch)))

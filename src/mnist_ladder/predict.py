@@ -8,6 +8,9 @@ at the centre.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -78,8 +81,11 @@ def load_model(weights: Path) -> tuple[nn.Module, str]:
     step_name, arch = ckpt["step"], ckpt.get("arch")
     try:
         if arch:
-            from .family import build
-            model = build(arch)
+            from .family import ArchError, build
+            try:
+                model = build(arch)
+            except ArchError as e:
+                raise PredictError(f"{weights}: {e}") from None
         elif ckpt.get("step_file"):
             from .experiment import Spec, resolve_step
             spec = Spec(step_name, 0, steps.Recipe(), step_file=ckpt["step_file"],
@@ -142,12 +148,28 @@ def decode_image(source: Path | BinaryIO, name: str) -> Image.Image:
 
 
 def to_gray(img: Image.Image) -> np.ndarray:
-    """float [H, W] in [0, 1]; transparent pixels count as white paper."""
+    """float [H, W] in [0, 1], from any mode Pillow opens.
+
+    Transparency: the image is composited by its alpha onto paper of the opposite lightness
+    to its ink (the visible pixels' mean), so that a digit drawn on a transparent background
+    is a digit in any ink colour, and where the colour carries nothing (black, or the same
+    colour everywhere) the alpha channel alone draws it. More than 8 bits (16-bit 'I;16',
+    32-bit 'I', float 'F'): stretched from the image's own range, since what matters to
+    the preprocessing is ink against background, not absolute levels."""
     img = ImageOps.exif_transpose(img)
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        x = np.asarray(img, dtype=np.float64)
+        low, high = float(x.min()), float(x.max())
+        return ((x - low) / (high - low) if high > low else np.zeros_like(x)).astype(np.float32)
+    if "A" in img.getbands() or "transparency" in img.info:
         rgba = img.convert("RGBA")
-        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(paper, rgba)
+        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
+        color = np.asarray(rgba.convert("RGB").convert("L"), dtype=np.float32) / 255.0
+        if alpha.min() < 1.0 and alpha.sum() > 0:
+            ink = float((color * alpha).sum() / alpha.sum())
+            paper = 1.0 if ink < 0.5 else 0.0
+            return color * alpha + paper * (1.0 - alpha)
+        return color
     return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
 
 
@@ -225,14 +247,35 @@ def expand(inputs: list[Path]) -> tuple[list[Path], list[str]]:
                     files.append(child)
                 elif child.is_file():
                     notes.append(f"{child}: skipped, not an image file")
+                elif child.is_dir():
+                    notes.append(f"{child}: skipped, a folder (name it to predict its images)")
         else:
             files.append(p)
     return files, notes
 
 
+def writable_folder(folder: Path) -> Path:
+    """`folder`, created if need be, or one PredictError line: checked before any work."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise PredictError(f"{folder}: cannot write there ({e.strerror or e})") from None
+    return folder
+
+
 def save_seen(pred: Prediction, folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
+    """Whole or not at all: written aside, then renamed into place."""
     out = folder / f"{Path(pred.path).stem}-seen.png"
-    Image.fromarray((pred.seen * 255).astype(np.uint8)).resize((112, 112), Image.Resampling.NEAREST
-                                                                ).save(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    image = Image.fromarray((pred.seen * 255).astype(np.uint8))
+    try:
+        image.resize((112, 112), Image.Resampling.NEAREST).save(tmp, format="PNG")
+        os.replace(tmp, out)
+    except OSError as e:
+        raise PredictError(f"{out}: cannot write ({e.strerror or e})") from None
+    finally:
+        with contextlib.suppress(OSError):  # nothing half-written left behind
+            tmp.unlink(missing_ok=True)
     return out

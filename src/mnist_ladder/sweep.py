@@ -9,8 +9,11 @@ a trial that the next worker marks failed and retries with the same parameters.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib.util
 import os
+import re
 import socket
 import statistics
 import time
@@ -120,9 +123,25 @@ def smallest_possible(fixed: dict) -> int:
 # ---------------------------------------------------------------- storage and study
 
 
+def with_installed_driver(url: str) -> str:
+    """`postgresql://...` (the spelling PostgreSQL itself documents, and the README's) with
+    whichever PostgreSQL driver is installed. SQLAlchemy 2 maps a driverless `postgresql://`
+    to psycopg2, but SQLAlchemy 2.1 to psycopg 3: the same URL must work whichever of the two
+    a user has, so the driver is named here, psycopg 3 first as SQLAlchemy now prefers it."""
+    parsed = sqlalchemy.engine.make_url(url) if "://" in url else None
+    if parsed is None or parsed.drivername not in ("postgresql", "postgres"):
+        return url
+    for driver in ("psycopg", "psycopg2"):
+        if importlib.util.find_spec(driver) is not None:
+            return parsed.set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
+    raise SweepError("a postgresql:// storage needs a PostgreSQL driver: "
+                     "pip install -e '.[postgres]'")
+
+
 def storage(url: str, heartbeat: int = 10) -> optuna.storages.RDBStorage:
     """Workers beat every `heartbeat` s; a trial silent for 3 beats is failed and retried."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = with_installed_driver(url)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     for attempt in range(5):
         try:
@@ -155,7 +174,34 @@ def redact(url: str) -> str:
 
 
 def default_storage(db: Path) -> str:
+    """A user's studies: `sweeps.db` beside the results store in use (runs/ by default)."""
     return f"sqlite:///{db.parent / 'sweeps.db'}"
+
+
+def reference_storage() -> str:
+    """The project's reference studies, committed with its reference results."""
+    from .store import reference_dir
+    return f"sqlite:///{reference_dir() / 'sweeps.db'}"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    if not url.startswith("sqlite:"):
+        return None
+    database = sqlalchemy.engine.make_url(url).database
+    return Path(database) if database and database != ":memory:" else None
+
+
+# A study's name becomes part of file names (sweep-NAME.md, its plot): one plain name, never
+# a path, so that a report cannot be written outside the folder it is asked for.
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def check_study_name(name: str) -> str:
+    if not STUDY_NAME.fullmatch(name) or ".." in name:
+        raise SweepError(f"study name {name!r}: use letters, digits, '.', '_' and '-' "
+                         "(at most 100; no '/' or '..')")
+    return name
 
 
 @dataclass
@@ -184,9 +230,10 @@ def objective_for(cfg: SweepConfig, mnist: MNIST, device: torch.device, amp: boo
         trial.set_user_attr("params", params)
         trial.set_user_attr("arch", arch)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("threads", torch.get_num_threads())
         if params > cfg.budget:
-            trial.set_user_attr("rejected", f"{params} parameters > budget {cfg.budget}")
-            raise optuna.TrialPruned(f"over budget ({params} > {cfg.budget})")
+            trial.set_user_attr("rejected", f"{params:,} parameters > budget {cfg.budget:,}")
+            raise optuna.TrialPruned(f"over budget ({params:,} > {cfg.budget:,})")
         step = family.as_step(f"trial-{trial.number}", arch, recipe)
         accs = []
         for r in fit(step, data, recipe, seed=cfg.seed, amp=amp):
@@ -204,33 +251,81 @@ def objective_for(cfg: SweepConfig, mnist: MNIST, device: torch.device, amp: boo
 def progress(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
     vals = t.values or []
     score = f"val {vals[-1]:.2f}%" if vals else ""
+    params = t.user_attrs.get("params")
     print(f"[sweep {study.study_name}] trial {t.number:>3} {t.state.name.lower():<8} "
-          f"{t.user_attrs.get('params', '?'):>6} params {score} "
+          f"{f'{params:,}' if params is not None else '?':>6} params {score} "
           f"{t.user_attrs.get('rejected', '')}".rstrip(), flush=True)
+
+
+def with_study_heartbeat(study: optuna.Study, url: str,
+                         load: Callable[[optuna.storages.RDBStorage], optuna.Study],
+                         *, worker: bool) -> optuna.Study:
+    """The study keeps the heartbeat its first worker chose: whoever opens it later (a worker
+    with another --heartbeat, `sweep report`) judges staleness by the beat its workers keep,
+    and never fails a live worker's trial for beating slower than it expects. Only a worker
+    writes it: reading a study changes nothing in it."""
+    beat, mine = study.user_attrs.get("heartbeat_s"), study._storage.get_heartbeat_interval()
+    if beat is None:
+        if worker:
+            study.set_user_attr("heartbeat_s", mine)
+        return study
+    return study if beat == mine else load(storage(url, int(beat)))
+
+
+def reap_stale_trials(study: optuna.Study) -> None:
+    """Fail the trials whose worker died (no heartbeat for the grace period) and queue their
+    retries. Optuna does this only when a worker starts a trial, so a study whose last live
+    worker had already started its last trial would keep the dead one RUNNING for good:
+    every command that opens a study does it too."""
+    optuna.storages.fail_stale_trials(study)
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    states: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    return states
+
+
+def done(study: optuna.Study, trials: int) -> bool:
+    """`trials` finished (complete or pruned), and no retry of a dead worker's trial waiting."""
+    c = counts(study)
+    return c.get("complete", 0) + c.get("pruned", 0) >= trials and not c.get("waiting", 0)
 
 
 def run_sweep(cfg: SweepConfig, load_mnist: Callable[[], MNIST], device: torch.device,
               amp: bool) -> optuna.Study:
     """Checks the budget and the storage before loading any data."""
+    check_study_name(cfg.study)
     if smallest_possible(cfg.fixed) > cfg.budget:
         raise SweepError(f"no configuration meets the budget of {cfg.budget} parameters "
                          f"(the smallest in this space has {smallest_possible(cfg.fixed)})")
-    store = storage(cfg.storage_url, cfg.heartbeat)
     kw = ({"directions": ["minimize", "maximize"]} if cfg.multi_objective
           else {"direction": "maximize"})
-    try:
-        study = optuna.create_study(
-            storage=store, study_name=cfg.study, load_if_exists=True,
-            sampler=optuna.samplers.TPESampler(seed=None),
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1), **kw)
-    except ValueError as e:
-        raise SweepError(f"study {cfg.study!r}: {e}") from None
+
+    def create(store: optuna.storages.RDBStorage) -> optuna.Study:
+        try:
+            return optuna.create_study(
+                storage=store, study_name=cfg.study, load_if_exists=True,
+                sampler=optuna.samplers.TPESampler(seed=None),
+                pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1), **kw)
+        except ValueError as e:
+            raise SweepError(f"study {cfg.study!r}: {e}") from None
+
+    study = with_study_heartbeat(create(storage(cfg.storage_url, cfg.heartbeat)),
+                                 cfg.storage_url, create, worker=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    reap_stale_trials(study)
+    if done(study, cfg.trials):  # a resumed sweep that has nothing left to do trains nothing
+        return study
+
+    def stop_when_done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if done(study, cfg.trials):
+            study.stop()
+
     study.optimize(
         objective_for(cfg, load_mnist(), device, amp), n_trials=cfg.trials * 10,
-        callbacks=[progress, optuna.study.MaxTrialsCallback(
-            cfg.trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))],
-        gc_after_trial=False)
+        callbacks=[progress, stop_when_done], gc_after_trial=False)
     return study
 
 
@@ -238,25 +333,52 @@ def run_sweep(cfg: SweepConfig, load_mnist: Callable[[], MNIST], device: torch.d
 
 
 def load_study(name: str, url: str) -> optuna.Study:
+    """Opens an existing study (never creating a database) and reaps its dead trials."""
+    check_study_name(name)
+    path = sqlite_file(url)
+    if path is not None and not path.is_file():
+        raise SweepError(f"no study {name!r} in {redact(url)} (no such file)")
     store = storage(url)
     try:
-        return optuna.load_study(study_name=name, storage=store)
+        study = optuna.load_study(study_name=name, storage=store)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(store)]
         raise SweepError(f"no study {name!r} in {redact(url)}"
-                         + (f"; studies: {', '.join(names)}" if names else "")) from None
+                         + (f" (studies: {', '.join(names)})" if names else "")) from None
+    study = with_study_heartbeat(study, url, lambda s: optuna.load_study(study_name=name, storage=s),
+                                 worker=False)
+    reap_stale_trials(study)
+    return study
 
 
-def trial_config(name: str, number: int, url: str) -> tuple[dict, Recipe, dict]:
-    study = load_study(name, url)
+def find_study(name: str, urls: list[str]) -> optuna.Study:
+    """The first of `urls` that holds the study (a user's storage, then the reference one)."""
+    reasons = []
+    for url in urls:
+        try:
+            return load_study(name, url)
+        except SweepError as e:
+            if len(urls) == 1 or not str(e).startswith("no study"):
+                raise
+            reasons.append(str(e).removeprefix(f"no study {name!r} in "))
+    raise SweepError(f"no study {name!r} in " + " nor in ".join(reasons))
+
+
+def params_of(t: optuna.trial.FrozenTrial) -> dict:
+    """A trial's full configuration: what was searched and what `--fix` pinned."""
+    return {**{k.removeprefix("fixed_"): v for k, v in t.user_attrs.items() if k.startswith("fixed_")},
+            **t.params}
+
+
+def trial_config(name: str, number: int, urls: list[str]) -> tuple[dict, Recipe, dict]:
+    study = find_study(name, urls)
     trials = [t for t in study.trials if t.number == number]
     if not trials:
         raise SweepError(f"study {name!r} has no trial {number}")
     t = trials[0]
     if t.state != optuna.trial.TrialState.COMPLETE:
         raise SweepError(f"trial {number} of {name!r} is {t.state.name.lower()}, not complete")
-    p = {**{k.removeprefix("fixed_"): v for k, v in t.user_attrs.items() if k.startswith("fixed_")},
-         **t.params}
+    p = params_of(t)
     return arch_of(p), recipe_of(p, 15), p
 
 
@@ -269,36 +391,52 @@ def pareto_front(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
     return front
 
 
-def report(name: str, url: str, out_dir: Path) -> str:
+def report(name: str, urls: list[str], out_dir: Path) -> tuple[str, Path]:
+    """The study's page and its Pareto plot, both written into `out_dir` (the page links
+    only the plot beside it). Returns (page text, page path)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    study = load_study(name, url)
+    study = find_study(name, urls)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         raise SweepError(f"study {name!r} has no complete trial yet")
+
     def acc(t: optuna.trial.FrozenTrial) -> float:
         return t.values[-1]
 
-    states = {}
-    for t in study.trials:
-        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    states = counts(study)
     lines = [f"# Sweep {name}", "",
              f"Trials: {', '.join(f'{v} {k}' for k, v in sorted(states.items()))}. Objective: mean "
-             f"validation accuracy (last {LAST} epochs; first 50,000 train / last 10,000 validation).",
-             "", "| trial | params | val acc | architecture | lr | scheduler | batch | augment |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"validation accuracy (last {LAST} epochs; first 50,000 train / last 10,000 validation)."]
+    if states.get("waiting"):
+        lines += ["", f"{states['waiting']} waiting: retries of trials whose worker died; run the "
+                  "sweep's command again to finish them."]
+    lines += ["", "| trial | params | val acc (%) | architecture | lr | scheduler | batch | augment |",
+              "|---:|---:|---:|---|---:|---|---:|---:|"]
     for t in sorted(done, key=acc, reverse=True)[:10]:
-        p = t.params
-        a = t.user_attrs.get("arch", {})
-        lines.append(f"| {t.number} | {t.user_attrs.get('params')} | {acc(t):.2f} | "
+        p, a = params_of(t), t.user_attrs.get("arch", {})
+        lines.append(f"| {t.number} | {t.user_attrs.get('params', 0):,} | {acc(t):.2f} | "
                      f"{a.get('convs1')} / {a.get('transition')} / {a.get('convs2')} / head "
-                     f"{a.get('head')}, dropout {a.get('dropout')} | {p.get('lr', '-'):.4g} | "
-                     f"{p.get('scheduler', '-')} | {p.get('batch_size', '-')} | "
-                     f"{p.get('augment', 0):.2f} |")
-    out_dir.mkdir(parents=True, exist_ok=True)
+                     f"{a.get('head')}, dropout {a.get('dropout', 0):.3f} | {p['lr']:.4g} | "
+                     f"{p['scheduler']} | {p['batch_size']} | {p['augment']:.2f} |")
     points = [(t.user_attrs["params"], acc(t)) for t in done]
     front = pareto_front(points)
+    by_point = {(t.user_attrs["params"], acc(t)): t.number for t in done}
+    plot = out_dir / f"sweep-{name}-pareto.png"
+    lines += ["", "Pareto front: the most accurate trial at each size.", "",
+              "| params | val acc (%) | trial |", "|---:|---:|---:|",
+              *(f"| {n:,} | {a:.2f} | {by_point[(n, a)]} |" for n, a in front),
+              "", f"![Pareto front of sweep {name}]({plot.name})"]
+    if len(done) >= 4 and len(study.directions) == 1:
+        try:
+            imp = optuna.importance.get_param_importances(study)
+            lines += ["", "Parameter importances (fANOVA): " +
+                      ", ".join(f"{k} {v:.2f}" for k, v in imp.items())]
+        except (RuntimeError, ValueError) as e:
+            lines += ["", f"Parameter importances unavailable: {e}"]
+    text = "\n".join(lines) + "\n"
+    page = out_dir / f"sweep-{name}.md"
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter(*zip(*points, strict=True), s=14, alpha=0.6, label="complete trials")
     ax.plot(*zip(*front, strict=True), "r.-", label="Pareto front")
@@ -308,17 +446,24 @@ def report(name: str, url: str, out_dir: Path) -> str:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    plot = out_dir / f"sweep-{name}-pareto.png"
-    fig.savefig(plot, dpi=80)
-    plt.close(fig)
-    lines += ["", f"Pareto front (parameters, val acc): {front}", "", f"![pareto]({plot.name})"]
-    if len(done) >= 4 and len(study.directions) == 1:
-        try:
-            imp = optuna.importance.get_param_importances(study)
-            lines += ["", "Parameter importances (fANOVA): " +
-                      ", ".join(f"{k} {v:.2f}" for k, v in imp.items())]
-        except (RuntimeError, ValueError) as e:
-            lines += ["", f"Parameter importances unavailable: {e}"]
-    text = "\n".join(lines) + "\n"
-    (out_dir / f"sweep-{name}.md").write_text(text)
-    return text
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_whole(plot, lambda f: fig.savefig(f, dpi=80, format="png"))
+        write_whole(page, lambda f: f.write(text.encode()))
+    except OSError as e:
+        raise SweepError(f"cannot write the report into {out_dir}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
+    return text, page
+
+
+def write_whole(target: Path, write: Callable) -> None:
+    """The file whole or not at all: written aside, then renamed into place."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(OSError):  # nothing half-written left behind
+            tmp.unlink(missing_ok=True)
