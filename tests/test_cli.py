@@ -111,7 +111,7 @@ def test_sigkill_mid_run_resumes_without_duplicated_epochs(tmp_path: Path, mnist
     proc.wait()
     listed = ladder("runs", cwd=tmp_path).stdout
     assert "interrupted" in listed
-    run_id = listed.split()[0]
+    run_id = listed.splitlines()[1].split()[0]  # under the header
     r = ladder("run", "--resume", run_id, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stdout

@@ -309,8 +309,9 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise RunError(f"{path}: not a loadable checkpoint ({_first_line(e)}); files that "
-                       "need arbitrary code to load are refused") from None
+        unsafe = "weights only" in str(e).lower() or "weights_only" in str(e)
+        why = "it holds objects that could run code when loaded; refused" if unsafe else _first_line(e)
+        raise RunError(f"{path}: not a loadable checkpoint ({why})") from None
 
 
 # ---------------------------------------------------------------- many runs
