@@ -27,6 +27,7 @@ from PIL import Image
 
 from mnist_ladder import data, family, predict, steps, sweep
 from mnist_ladder.models import count_parameters
+from mnist_ladder.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -363,7 +364,8 @@ def image_modes(digit: np.ndarray) -> dict[str, Image.Image]:
 def test_every_image_mode_gives_the_plain_digits_prediction(trained_step6, mnist,
                                                             tmp_path: Path) -> None:
     db, row = trained_step6
-    model, _ = predict.load_model(predict.resolve_run(row.id, db))
+    with Store(db, create=False) as store:
+        model, _ = predict.load_model(predict.resolve_run(row.id, store))
     for i in range(10):
         big = Image.fromarray(mnist.test_images[i].numpy()).resize((112, 112),
                                                                    Image.Resampling.BICUBIC)

@@ -10,7 +10,6 @@ from mnist_ladder import layout, steps
 from mnist_ladder import train as T
 
 CPU = torch.device("cpu")
-BUILD = T.build_model
 
 
 @pytest.fixture(autouse=True)
@@ -18,19 +17,18 @@ def _private_cache(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MNIST_LADDER_CACHE", str(tmp_path / "cache"))
 
 
-def _fit(step, data, recipe, name: str, amp: bool, monkeypatch) -> list[T.EpochResult]:
-    monkeypatch.setattr(T, "build_model", lambda s, d: BUILD(s, d, name))
-    return list(T.fit(step, data, recipe, seed=3, amp=amp))
+def _fit(step, data, recipe, name: str, amp: bool) -> list[T.EpochResult]:
+    return list(T.fit(step, data, recipe, seed=3, amp=amp, layout=name))
 
 
 @pytest.mark.parametrize("amp", [False, True])
-def test_a_run_gives_the_same_numbers_in_every_layout(mnist, monkeypatch, amp) -> None:
+def test_a_run_gives_the_same_numbers_in_every_layout(mnist, amp) -> None:
     import dataclasses
     step = steps.get("step6")
     recipe = dataclasses.replace(step.recipe, epochs=2)
     data = T.prepare(mnist, CPU, train_limit=1024, eval_limit=500)
     # between them these move every op a layout changes: convolutions, BatchNorm, max-pool
-    runs = {name: _fit(step, data, recipe, name, amp, monkeypatch)
+    runs = {name: _fit(step, data, recipe, name, amp)
             for name in ("cl", "cl+bn-nchw", "nchw+pool-cl")}
     ref = runs["cl"]
     for name, hist in runs.items():
@@ -45,8 +43,7 @@ def test_the_probe_leaves_random_numbers_and_training_state_untouched(mnist) -> 
     step = steps.get("step6")
     data = T.prepare(mnist, CPU, train_limit=256, eval_limit=10)
     state = T.new_state(step, step.recipe, data, 1, CPU)
-    T.train(state.model, data, state.optimizer, state.scheduler, state.per_batch,
-            step.recipe, state.generator, False)  # momentum buffers and BN statistics exist
+    T.train(state, data, step.recipe, False)  # momentum buffers and BN statistics exist
     before = copy.deepcopy((state.model.state_dict(), state.optimizer.state_dict()))
     rng, gen = torch.get_rng_state(), state.generator.get_state()
     ms = layout.measure(step, step.recipe, CPU, False, data, rounds=1, steps_per_round=1)
