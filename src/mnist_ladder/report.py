@@ -210,27 +210,38 @@ def tried_section(tried: list[Tried]) -> list[str]:
 # ---------------------------------------------------------------- figures
 
 
+DPI = 120  # reads on a laptop screen
+
+
 def plot_curves(res: StepResults, path: Path) -> None:
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    panels = [("train_loss", "Train loss"), ("test_loss", "Test loss"),
+    """Loss and accuracy, train and test, and the learning rate, per epoch: mean and band over
+    seeds, the 99.4% line on the test accuracy, and where a clean finish starts."""
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7))
+    panels = [("train_loss", "Train loss"), ("test_loss", "Test loss"), ("lr", "Learning rate"),
               ("train_acc", "Train accuracy (%)"), ("test_acc", "Test accuracy (%)")]
-    for ax, (key, title) in zip(axes.flat, panels, strict=True):
-        curves = torch.tensor([r.series(key) for r in res.runs])
+    clean = res.step.recipe.clean_last
+    for ax, (key, title) in zip(axes.flat, panels, strict=False):
+        curves = torch.tensor([r.series(key) for r in res.runs], dtype=torch.float64)
         x = range(1, curves.shape[1] + 1)
         ax.plot(x, curves.mean(0).tolist(), label=f"mean of {len(res.runs)} seed(s)")
-        if len(res.runs) > 1:
+        if len(res.runs) > 1 and key != "lr":
             ax.fill_between(x, curves.min(0).values.tolist(), curves.max(0).values.tolist(), alpha=0.25,
                             label="min-max over seeds")
-        if key == "test_acc" and res.step.seed:
-            ax.plot(x, res.step.seed.test_curve[: len(x)], "k--", lw=1, label="seed document")
-            ax.axhline(TARGET, color="r", lw=0.8, ls=":")
-        ax.set_title(title)
+        if key == "test_acc":
+            if res.step.seed:
+                ax.plot(x, res.step.seed.test_curve[: len(x)], "k--", lw=1, label="seed document")
+            ax.axhline(TARGET, color="r", lw=0.8, ls=":", label=f"{TARGET}%")
+        if clean and len(x) > clean:
+            ax.axvline(len(x) - clean + 0.5, color="gray", lw=0.8, ls="--",
+                       label=f"clean finish (last {clean})")
+        ax.set_title(title + (" (at each epoch's start)" if key == "lr" else ""))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    axes.flat[-1].axis("off")
     fig.suptitle(f"{res.step.name}: {res.step.title} ({res.protocol} protocol)")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 
@@ -257,7 +268,7 @@ def plot_misclassified(pred: torch.Tensor, images: torch.Tensor, labels: torch.T
     fig.suptitle(f"{title}: {len(wrong)} of {len(labels)} test images misclassified "
                  f"(first {min(n, len(wrong))}: predicted, true)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return len(wrong)
 
@@ -268,36 +279,49 @@ def plot_confusion(pred: torch.Tensor, labels: torch.Tensor, title: str, path: P
     off = cm.clone().fill_diagonal_(0)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.imshow(off.numpy(), cmap="Reds")
+    dark = off.max().item() / 2  # counts on dark cells are written in white
     for t in range(10):
         for p in range(10):
-            ax.text(p, t, str(cm[t, p].item()), ha="center", va="center", fontsize=6,
-                    color="gray" if t == p else "black")
+            ax.text(p, t, str(cm[t, p].item()), ha="center", va="center", fontsize=7,
+                    color="gray" if t == p else "white" if off[t, p] > dark else "black")
     ax.set_xticks(range(10))
     ax.set_yticks(range(10))
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"{title}: confusion (errors shaded)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 
 def plot_params_vs_accuracy(results: list[StepResults], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for res in results:
+    """Every step: parameters against final test accuracy, mean ± std over seeds, one colour
+    each, labels set apart so they do not overlap."""
+    from matplotlib.ticker import FuncFormatter
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    colours = plt.get_cmap("tab20").colors
+    same_size: dict[int, int] = {}  # steps with one parameter count: labels stacked apart
+    for i, res in enumerate(results):
         mean, std, _ = res.stat("final_test")
-        ax.errorbar(res.step.params, mean, yerr=std, fmt="o", capsize=3)
+        colour = colours[i % len(colours)]
+        ax.errorbar(res.step.params, mean, yerr=std, fmt="o", capsize=3, color=colour,
+                    label=f"{res.step.name} ({res.step.params:,})")
+        k = same_size[res.step.params] = same_size.get(res.step.params, -1) + 1
         ax.annotate(res.step.name, (res.step.params, mean), textcoords="offset points",
-                    xytext=(5, -10), fontsize=8)
-    ax.axhline(TARGET, color="r", lw=0.8, ls=":", label="99.4%")
-    ax.axvline(8000, color="gray", lw=0.8, ls="--", label="8,000 parameters")
+                    xytext=(8 + 44 * k, -4), fontsize=8, color=colour)
+    ax.axhline(TARGET, color="r", lw=0.8, ls=":")
+    ax.axvline(8000, color="gray", lw=0.8, ls="--")
     ax.set_xscale("log")
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("final test accuracy (%), mean ± std over seeds")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    readable = FuncFormatter(
+        lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}k" if v >= 1e3 else f"{v:g}")
+    ax.xaxis.set_major_formatter(readable)
+    ax.xaxis.set_minor_formatter(readable)
+    ax.set_xlabel("parameters (log scale; dashed: the 8,000 budget)")
+    ax.set_ylabel(f"final test accuracy (%), mean ± std over seeds; dotted: {TARGET}%")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 
