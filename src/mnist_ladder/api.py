@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,10 +87,11 @@ def fit(step: Step | str | Path, seed: int = 1, epochs: int | None = None, *,
         val_only: bool = False, batch_size: int | None = None, train_limit: int | None = None,
         eval_limit: int | None = None, db: Path | str | None = None,
         out: Path | str = "runs", resume: str | None = None, layout: str = "auto",
-        verbose: bool = True) -> FitResult:
+        verbose: bool = True, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
     """Train a step (a `Step`, a name or a step file) and record it in your store (default
     runs/ladder.db). `train_limit`/`eval_limit` train and evaluate on the first N images, for
-    quick looks; `resume` continues an interrupted run of this same step."""
+    quick looks; `resume` continues an interrupted run of this same step; `on_epoch` is called
+    with each epoch's numbers as a dict (a live curve in a notebook)."""
     s = _as_step(step)
     dev = pick_device(device)
     amp = pick_amp(precision, dev)
@@ -101,7 +103,8 @@ def fit(step: Step | str | Path, seed: int = 1, epochs: int | None = None, *,
         if prior is not None and prior.source_hash != s.source_hash:
             raise RunError(f"run {resume} was made from another version of {s.name}")
         row = execute(spec, data.load(), store, Path(out), device=dev, amp=amp, resume=prior,
-                      step=s, layout=layout, log=print if verbose else (lambda _: None))
+                      step=s, layout=layout, log=print if verbose else (lambda _: None),
+                      on_result=on_epoch and (lambda r: on_epoch(dataclasses.asdict(r))))
         history = [{k: v for k, v in e.items() if k != "run_id"} for e in store.epochs(row.id)]
     model = s.build()
     weights = torch.load(Path(row.run_dir) / "model.pt", map_location="cpu", weights_only=True)

@@ -150,7 +150,8 @@ def epoch_line(r: EpochResult, total: int) -> str:
 
 def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: torch.device,
             amp: bool, resume: RunRow | None = None, step: Step | None = None,
-            layout: str = "cl", log: Callable[[str], None] = print) -> RunRow:
+            layout: str = "cl", log: Callable[[str], None] = print,
+            on_result: Callable[[EpochResult], None] | None = None) -> RunRow:
     """Train `spec` (or continue the interrupted run `resume`), recording as it goes.
 
     `step` is the spec's step when the caller holds it already (one defined in a notebook);
@@ -228,6 +229,8 @@ def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: to
             for result in fit(step, data, spec.recipe, seed=spec.seed, amp=amp, state=state,
                               on_epoch=on_epoch):
                 log(epoch_line(result, spec.recipe.epochs))
+                if on_result:  # e.g. a notebook's live curve
+                    on_result(result)
     except KeyboardInterrupt:
         stop("interrupted")
         raise
