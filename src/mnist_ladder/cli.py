@@ -294,8 +294,8 @@ def cmd_report(a: argparse.Namespace) -> int:
     dbs = read_dbs(a)
     if a.report_path:
         out = a.report_path
-    elif getattr(a, "reference", False):
-        out = reference_dir().parent / "REPORT.md"
+    elif getattr(a, "reference", False) or dbs[0].resolve() == reference_db_path().resolve():
+        out = reference_dir().parent / "REPORT.md"  # the reference store's report is the committed one
     else:
         out = dbs[0].parent / "REPORT.md"  # the user's report, beside the user's store
     try:
