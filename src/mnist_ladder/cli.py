@@ -94,7 +94,9 @@ def read_dbs(a: argparse.Namespace) -> list[Path]:
     user's is compared with ours without re-running ours); --reference: ours alone."""
     if getattr(a, "reference", False):
         return [reference_db_path()]
-    return [Path(a.db) if a.db else default_db_path(), reference_db_path()]
+    mine = Path(a.db) if a.db else default_db_path()
+    same = mine.resolve() == reference_db_path().resolve()  # --db naming the reference itself
+    return [mine] if same else [mine, reference_db_path()]
 
 
 def open_stores(a: argparse.Namespace) -> Stores:
