@@ -163,7 +163,7 @@ def _device_and_amp(a: argparse.Namespace) -> tuple[torch.device, bool]:
 
 def cmd_run(a: argparse.Namespace) -> int:
     from .experiment import Spec, load_checkpoint, register_folder, resolve_step
-    from .results import main_set, run_sets, verdict_line
+    from .results import reference_set, verdict_line
     device, amp = _device_and_amp(a)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -219,12 +219,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     reference = None
     if reference_db_path().is_file():  # this step's reference runs, else those of its base
         with Store(reference_db_path(), create=False) as ref:
-            for candidate in (step, step.builds_on and ladder_of(a).get(step.builds_on)):
-                if not candidate:
-                    continue
-                sets = [s for s in run_sets(ref, candidate) if s.runs.pop(
-                    next((seed for seed, (r, _) in s.runs.items() if r.id == row.id), None), True)]
-                reference = main_set([s for s in sets if s.runs], row.protocol.split(":")[0])
+            for candidate in filter(None, (step, step.builds_on and ladder_of(a).get(step.builds_on))):
+                reference = reference_set(ref, candidate, row)
                 if reference:
                     break
     print(verdict_line(row, hist, reference))
@@ -314,7 +310,6 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    import json
 
     from .predict import expand, load_model, predict_files, resolve_run, save_seen, writable_folder
     if a.show:
@@ -479,7 +474,6 @@ def cmd_new(a: argparse.Namespace) -> int:
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
-    import json
 
     from . import comparison
     from .results import main_set, run_sets

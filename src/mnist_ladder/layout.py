@@ -27,13 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .data import default_cache_dir
 from .models import BatchNormNCHW, MaxPoolCL
 from .steps import Recipe, Step
-from .train import ConfigError, DeviceData, autocast, make_optimizer, normalize, to_unit
+from .train import ConfigError, DeviceData, make_optimizer, normalize, optimizer_step, to_unit
 
 
 @dataclass(frozen=True)
@@ -96,12 +95,7 @@ def measure(step: Step, recipe: Recipe, device: torch.device, amp: bool, data: D
             for name, (m, opt) in runs.items():
                 t = time.perf_counter()
                 for _ in range(steps_per_round):
-                    with autocast(device, amp):
-                        logits = m(x)
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+                    optimizer_step(m, opt, x, y, recipe, amp)
                 times[name].append((time.perf_counter() - t) / steps_per_round * 1e3)
     return {name: statistics.median(ts[1:]) for name, ts in times.items()}
 

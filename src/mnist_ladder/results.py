@@ -95,6 +95,15 @@ def main_set(sets: list[RunSet], protocol: str | None = None) -> RunSet | None:
     return max(sets, key=lambda s: (len(s.runs), s.protocol == "test", s.epochs), default=None)
 
 
+def reference_set(stores, step: Step, run: RunRow) -> RunSet | None:
+    """The runs a new run is judged against: `step`'s main set of the run's protocol (its data
+    subset aside), without the run itself."""
+    sets = run_sets(stores, step)
+    for s in sets:
+        s.runs = {seed: r for seed, r in s.runs.items() if r[0].id != run.id}
+    return main_set([s for s in sets if s.runs], run.protocol.split(":")[0])
+
+
 def best_run(stores, steps: list[Step]) -> tuple[RunRow, str] | None:
     """`best`: of the steps under the 8,000 budget with at least 3 seeds of full-length
     test-protocol runs, the one with the highest mean final test accuracy; of its runs, the

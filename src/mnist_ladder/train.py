@@ -202,6 +202,18 @@ def _progress(total: int, desc: str) -> tqdm:
                 disable=not (in_notebook() or sys.stderr.isatty()))
 
 
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                   y: torch.Tensor, recipe: Recipe, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch: forward (under autocast), loss, backward, update; returns (loss, logits)."""
+    with autocast(x.device, amp):
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
+
+
 def train(state: TrainState, data: DeviceData, recipe: Recipe, amp: bool = False,
           desc: str = "") -> tuple[float, float]:
     """One epoch of `state`'s model and optimizer; returns (mean loss, accuracy %) over the
@@ -224,12 +236,7 @@ def train(state: TrainState, data: DeviceData, recipe: Recipe, amp: bool = False
     with _progress(math.ceil(n / batch_size), desc) as bar:
         for start in range(0, n, batch_size):
             x, y = x_epoch[start:start + batch_size], y_epoch[start:start + batch_size]
-            with autocast(device, amp):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, logits = optimizer_step(model, optimizer, x, y, recipe, amp)
             if state.per_batch:
                 scheduler.step()
             if ema is not None:
