@@ -178,3 +178,13 @@ def pool_later_net(widths: tuple[int, ...] = (8, 8, 12, 8, 12, 20, 24),
         nn.AdaptiveAvgPool2d(1),
         Conv(s2, 10, 1),
     )
+
+
+def pool_later_separable_net(widths: tuple[int, ...] = (8, 8, 12, 12, 16, 24, 28)) -> nn.Module:
+    """pool-later with all three layers after the pool separable: the full 3x3's weights
+    spent on width instead (`widths` = three front convolutions | transition, three blocks)."""
+    c1, c2, c3, t, s0, s1, s2 = widths
+    return Net(
+        cbr(1, c1), cbr(c1, c2), cbr(c2, c3), nn.MaxPool2d(2), Conv(c3, t, 1),
+        separable(t, s0, padding=0), separable(s0, s1, padding=0), separable(s1, s2, padding=0),
+        nn.AdaptiveAvgPool2d(1), Conv(s2, 10, 1))

@@ -17,6 +17,7 @@ from ..models import (
     all_full_net,
     cbr,
     pool_later_net,
+    pool_later_separable_net,
     separable,
     separable_net,
     spatial_head_net,
@@ -64,15 +65,6 @@ def build_padded_two_pools() -> nn.Module:
         cbr(1, 8, padding=1), cbr(8, 12, padding=1), nn.MaxPool2d(2),
         separable(12, 16), separable(16, 20), nn.MaxPool2d(2),
         separable(20, 28), separable(28, 28), nn.AdaptiveAvgPool2d(1), Conv(28, 10, 1))
-
-
-def build_pool_later_separable(widths: tuple[int, ...] = (8, 8, 12, 12, 16, 24, 28)) -> nn.Module:
-    """pool-later with all three layers after the pool separable, wider for the same budget."""
-    c1, c2, c3, t, s0, s1, s2 = widths
-    return Net(
-        cbr(1, c1), cbr(c1, c2), cbr(c2, c3), nn.MaxPool2d(2), Conv(c3, t, 1),
-        separable(t, s0, padding=0), separable(s0, s1, padding=0), separable(s1, s2, padding=0),
-        nn.AdaptiveAvgPool2d(1), Conv(s2, 10, 1))
 
 
 AUGMENT = Augment(degrees=10, translate=0.1, scale=(0.9, 1.1))
@@ -163,7 +155,7 @@ STEP = Step(
         Variant("pool-later-adamw", "pool-later's network with AdamW",
                 build=pool_later_net, recipe=ADAMW),
         Variant("pool-later-separable-adamw", "pool-later with separable layers after the pool, "
-                "wider (12 | 16, 24, 28), and AdamW", build=build_pool_later_separable,
+                "wider (12 | 16, 24, 28), and AdamW", build=pool_later_separable_net,
                 recipe=ADAMW),
     ),
 )
