@@ -204,3 +204,22 @@ def test_what_a_step_says_it_tried_is_listed_even_without_runs(tmp_path: Path) -
         assert f"| `step9.{name}` |" in tried and "| 0 | not in this store |" in tried
     assert f"{len(absent)} of these have no runs in this store" in tried
     assert "## step7: design runs only" not in text  # no runs at all: no section
+
+
+def test_a_step_beyond_the_seed_names_the_commit_of_its_first_test_run(tmp_path: Path) -> None:
+    db = tmp_path / "ladder.db"
+    with Store(db) as store:
+        add_run(store, tmp_path, "step12-s1", "step12", 1, 99.50, weights=False)
+        add_run(store, tmp_path, "step12-s2", "step12", 2, 99.55, weights=False)
+        add_run(store, tmp_path, "step6-s1", "step6", 1, 99.50, weights=False)
+        # the first test run is the earliest started, whatever its seed or outcome
+        store.db.execute("UPDATE runs SET started = '2025-12-31T23:00:00', git_commit = ?, "
+                         "git_dirty = 1 WHERE id = 'step12-s2'", ("f" * 40,))
+        store.db.commit()
+    text = write_report(db, tmp_path / "REPORT.md", None)[0].read_text()
+    step12 = text[text.index("## step12"):]
+    assert ("- First test-protocol run: 2025-12-31 23:00 UTC, git ffffffffffff (uncommitted "
+            "changes); check: `git show ffffffffffff:src/mnist_ladder/steps/"
+            "step12_pool_later_8k.py`") in step12
+    step6 = text[text.index("## step6"):text.index("## step12")]
+    assert "First test-protocol run" not in step6  # the seed's own steps: their document

@@ -25,7 +25,7 @@ from . import comparison, steps
 from .catalog import Catalog
 from .comparison import LAST, TARGET
 from .experiment import STORE_WEIGHTS_MAX_BYTES, weights_file
-from .results import run_sets
+from .results import first_test_run, run_sets
 from .store import RunRow, StoreError, Stores
 from .summary import summary_table
 
@@ -394,6 +394,18 @@ def versus(prev: StepResults, res: StepResults) -> str:
             f"{c.verdict}.")
 
 
+def first_test_line(step: steps.Step, first: RunRow) -> str:
+    """When the test set was first looked at for a step beyond the seed, and from what code:
+    with the commit anyone can check that the step's file already held its choice."""
+    when = f"- First test-protocol run: {first.started[:16].replace('T', ' ')} UTC"
+    if not first.git_commit:
+        return f"{when}, not from a git checkout"
+    state = {0: "a clean checkout", 1: "uncommitted changes"}.get(first.git_dirty, "unknown state")
+    path = steps.FILES.get(step.name)
+    check = f"; check: `git show {first.git_commit[:12]}:{path}`" if path else ""
+    return f"{when}, git {first.git_commit[:12]} ({state}){check}"
+
+
 def step_section(res: StepResults, prev: StepResults | None, figs: Path, rel: str,
                  mnist_test: tuple[torch.Tensor, torch.Tensor] | None, store: Stores | None,
                  skipped: list[str], tried: list[Tried] | None = None) -> list[str]:
@@ -423,6 +435,8 @@ def step_section(res: StepResults, prev: StepResults | None, figs: Path, rel: st
         lines.append(f"- The seed document's run: best test {max(s.seed.test_curve):.2f}, "
                      f"final {s.seed.test_curve[-1]:.2f}"
                      + (f", best train {s.seed.best_train:.2f}" if s.seed.best_train else ""))
+    if s.seed is None and store is not None and (first := first_test_run(store, s)):
+        lines.append(first_test_line(s, first))
     lines += ["", "### Analysis", ""]
     lines += [f"- {a}" for a in s.analysis]
     lines += [f"- {o}" for o in observations(res, prev)]

@@ -104,6 +104,13 @@ def reference_set(stores, step: Step, run: RunRow) -> RunSet | None:
     return main_set([s for s in sets if s.runs], run.protocol.split(":")[0])
 
 
+def first_test_run(stores, step: Step) -> RunRow | None:
+    """The step's first test-protocol run in the stores, whatever became of it: when the test
+    set was first looked at for this step, and from which commit (the frontier's protocol)."""
+    rows = [r for r in stores.runs(step.name) if r.protocol == "test"]
+    return min(rows, key=lambda r: (r.started, r.id)) if rows else None
+
+
 def best_run(stores, steps: list[Step]) -> tuple[RunRow, str] | None:
     """`best`: of the steps under the 8,000 budget with at least 3 seeds of full-length
     test-protocol runs, the one with the highest mean final test accuracy; of its runs, the

@@ -28,6 +28,9 @@ _MODULES = (step0_basic_setup, step1_skeleton, step2_batchnorm, step3_dropout,
             step9_adamw, step10_pool_later, step11_clean_finish,
             step12_pool_later_8k, step13_batch64)
 STEPS: dict[str, Step] = {m.STEP.name: m.STEP for m in _MODULES}
+# Each built-in step's file in the repository: what `git show COMMIT:FILE` checks.
+FILES: dict[str, str] = {m.STEP.name: f"src/mnist_ladder/steps/{m.__name__.rpartition('.')[2]}.py"
+                         for m in _MODULES}
 
 
 class UnknownStep(KeyError):
@@ -70,4 +73,4 @@ class _Steps(types.ModuleType):
 
 sys.modules[__name__].__class__ = _Steps
 
-__all__ = ["STEPS", "Recipe", "SeedResults", "Step", "UnknownStep", "Variant", "get"]
+__all__ = ["FILES", "STEPS", "Recipe", "SeedResults", "Step", "UnknownStep", "Variant", "get"]
