@@ -48,5 +48,8 @@ STEP = Step(
         Variant("separable-3k", "all three layers after the pool separable (8, 8, 10 | 8 | 16, "
                 "16, 24): 2,980 parameters",
                 build=lambda: models.pool_later_separable_net(SEPARABLE_3K)),
+        Variant("separable-3k-batch32", "separable-3k with batch 32 (added before any of these "
+                "had a result)", build=lambda: models.pool_later_separable_net(SEPARABLE_3K),
+                recipe=dataclasses.replace(RECIPE, batch_size=32)),
     ),
 )
