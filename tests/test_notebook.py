@@ -25,3 +25,11 @@ def test_the_notebook_runs_top_to_bottom(tmp_path: Path, monkeypatch) -> None:
     assert "final test accuracy" in text and "6,720 parameters" in text
     assert "Difference, B - A" in text  # the comparison over seeds printed
     assert (tmp_path / "runs" / "ladder.db").is_file()  # the notebook's runs: its own store
+
+    def shows_an_image(cell) -> bool:
+        return any("image/png" in o.get("data", {}) for o in cell.outputs)
+
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    sees = [c for c in code if "insight.plot_" in c.source]  # what the network sees
+    assert len(sees) == 4 and all(shows_an_image(c) for c in sees)
+    assert all(shows_an_image(c) for c in code if "plt.subplots(" in c.source)  # backend kept

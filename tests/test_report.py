@@ -10,11 +10,12 @@ import os
 import re
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from mnist_ladder import steps
-from mnist_ladder.report import ReportError, write_report
+from mnist_ladder import insight, steps
+from mnist_ladder.report import SEES, ReportError, write_report
 from mnist_ladder.store import RunRow, Store
 
 GOLDEN = Path(__file__).parent / "golden" / "REPORT.md"
@@ -71,9 +72,21 @@ def test_report_matches_golden_and_every_image_exists(tmp_path: Path, mnist) -> 
                                                                mnist.test_labels[:500]))
     text = out.read_text()
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert len(images) == 1 + 3 + 1  # overview; step6 curves/misclassified/confusion; step4 curves
+    # overview; step6 curves/misclassified/confusion and what it sees; step4 curves
+    assert len(images) == 1 + 3 + len(insight.FIGURES) + 1
     for rel in images:
         assert (tmp_path / rel).is_file() and (tmp_path / rel).stat().st_size > 1000, rel
+        assert min(plt.imread(tmp_path / rel).shape[:2]) > 100, rel  # a whole, readable PNG
+    sections = dict(re.findall(r"^## (\w+): .*?$(.*?)(?=^## |\Z)", text, re.M | re.S))
+    with_weights = {name for name, body in sections.items() if "-misclassified.png" in body}
+    assert with_weights == {"step6"}  # step4's first seed lost its model.pt
+    for name in with_weights:  # every figure of what the network sees, each with its line
+        body = sections[name]
+        assert "### What the network sees" in body
+        for fig in insight.FIGURES:
+            assert f"![{name} {fig}](report/{name}-test-{fig}.png)" in body, fig
+            assert SEES[fig] in body
+    assert "### What the network sees" not in sections["step4"]
     normalized = text.replace(str(tmp_path), "<tmp>")
     if os.environ.get("UPDATE_GOLDEN"):
         GOLDEN.write_text(normalized)

@@ -425,8 +425,11 @@ def cmd_runs(a: argparse.Namespace) -> int:
 
 def cmd_show(a: argparse.Namespace) -> int:
     from .experiment import epoch_line
+    from .predict import writable_folder
     from .steps import Recipe
     from .train import EpochResult
+    if a.figures:
+        writable_folder(a.figures)  # checked before any work
     with open_stores(a) as stores:
         r = stores.run(a.run)
         print(f"run {r.id}  step {r.step}  seed {r.seed}  protocol {r.protocol}  "
@@ -447,7 +450,23 @@ def cmd_show(a: argparse.Namespace) -> int:
         for h in stores.epochs(r.id):
             h.pop("run_id")
             print(epoch_line(EpochResult(**h), r.recipe["epochs"]))
+        if a.figures:
+            show_figures(a, r.id, stores)
     return 0
+
+
+def show_figures(a: argparse.Namespace, run: str, stores: Stores) -> None:
+    """`ladder show RUN --figures DIR`: what the run's final model sees (insight.py), on the
+    MNIST test set, as the report draws it."""
+    from . import insight
+    from .predict import load_model, resolve_run
+    from .train import normalize, predict, to_unit
+    model, _ = load_model(resolve_run(run, stores))
+    mnist = data.load(a.data_dir, a.idx_dir)
+    pred = predict(model, normalize(to_unit(mnist.test_images))).argmax(1)
+    for name, path in insight.write_figures(model, mnist.test_images, mnist.test_labels, pred,
+                                            a.figures).items():
+        print(f"{name}: {path}")
 
 
 def cmd_new(a: argparse.Namespace) -> int:
@@ -680,6 +699,9 @@ def build_parser() -> Parser:
     s.set_defaults(func=cmd_runs)
     s = sub.add_parser("show", parents=[common], help="one run, epoch by epoch")
     s.add_argument("run")
+    s.add_argument("--figures", type=Path, metavar="DIR",
+                   help="also write what its final model sees into DIR: kernels.png, "
+                        "feature-maps.png, saliency.png, receptive-field.png")
     s.set_defaults(func=cmd_show)
     s = sub.add_parser("serve", parents=[common],
                        help="a local web page: draw a digit, see each step's answer")

@@ -18,10 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from scipy import stats
 from torch import nn
 
@@ -342,7 +340,9 @@ def to_json(c: Comparison) -> dict:
 
 def plot(c: Comparison, path: Path) -> None:
     """Both sides' curves of the compared metric: the mean over seeds and its min-max band."""
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig = Figure(figsize=(8, 5))  # drawn by Agg outside pyplot: importing the package (the
+    FigureCanvasAgg(fig)  # API's compare) must not switch a notebook's backend to Agg
+    ax = fig.subplots()
     lows = []
     for side, color in ((c.a, "C0"), (c.b, "C1")):
         last = _last_epoch(side)
@@ -365,4 +365,3 @@ def plot(c: Comparison, path: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)

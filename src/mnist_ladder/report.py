@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from . import comparison, steps
+from . import comparison, insight, steps
 from .catalog import Catalog
 from .comparison import LAST, TARGET
 from .experiment import STORE_WEIGHTS_MAX_BYTES, weights_file
@@ -210,7 +210,7 @@ def tried_section(tried: list[Tried]) -> list[str]:
 # ---------------------------------------------------------------- figures
 
 
-DPI = 120  # reads on a laptop screen
+DPI = insight.DPI  # 120: reads on a laptop screen; one resolution for every figure
 
 
 def plot_curves(res: StepResults, path: Path) -> None:
@@ -245,12 +245,16 @@ def plot_curves(res: StepResults, path: Path) -> None:
     plt.close(fig)
 
 
-def predictions(weights: Path, step: steps.Step, images: torch.Tensor) -> torch.Tensor:
+def trained_model(weights: Path, step: steps.Step) -> torch.nn.Module:
+    """The step's network with a run's final weights, in eval mode."""
     from .experiment import load_checkpoint
-    from .train import normalize, predict, to_unit
-    sd = load_checkpoint(weights)["state_dict"]
     model = step.build()
-    model.load_state_dict(sd)
+    model.load_state_dict(load_checkpoint(weights)["state_dict"])
+    return model.eval()
+
+
+def predictions(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    from .train import normalize, predict, to_unit
     return predict(model, normalize(to_unit(images))).argmax(1)
 
 
@@ -406,6 +410,32 @@ def first_test_line(step: steps.Step, first: RunRow) -> str:
     return f"{when}, git {first.git_commit[:12]} ({state}){check}"
 
 
+SEES = {  # insight.FIGURES, each with what it shows: one line under its heading
+    "kernels": "The first convolution's kernels, the filters laid on the raw pixels (red "
+               "positive, blue negative weights, on one scale): small stroke and edge detectors.",
+    "feature-maps": "The first test digit through every convolution, a row per layer (its first "
+                    "maps, each on its own scale): strokes at full resolution, then coarser "
+                    "maps of parts, then the ten class scores.",
+    "saliency": "What drove the wrong answers: for the first misclassified test digits, the "
+                "pixels whose change moves the wrongly predicted class's score most "
+                "(|gradient|, averaged over noisy copies: SmoothGrad).",
+    "receptive-field": "The receptive field, layer by layer: the square of the 28x28 input that "
+                       "one unit at the centre sees (the RF column of the layer table, drawn).",
+}
+
+
+def sees_section(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 pred: torch.Tensor, figs: Path, rel: str, name: str, tag: str,
+                 seed: int) -> list[str]:
+    """The four figures of what the network sees (insight.py), each with a line saying what."""
+    paths = insight.write_figures(model, images, labels, pred, figs, prefix=f"{tag}-")
+    lines = ["", "### What the network sees", "",
+             f"Seed {seed}'s final model, the one above, seen from inside."]
+    for key in insight.FIGURES:
+        lines += ["", SEES[key], "", f"![{name} {key}]({rel}/{paths[key].name})"]
+    return lines
+
+
 def step_section(res: StepResults, prev: StepResults | None, figs: Path, rel: str,
                  mnist_test: tuple[torch.Tensor, torch.Tensor] | None, store: Stores | None,
                  skipped: list[str], tried: list[Tried] | None = None) -> list[str]:
@@ -447,18 +477,21 @@ def step_section(res: StepResults, prev: StepResults | None, figs: Path, rel: st
     lines += ["", f"![{s.name} curves]({rel}/{tag}-curves.png)"]
     run = res.runs[0]
     if mnist_test is None:
-        skipped.append(f"{tag}: misclassified digits and confusion matrix (MNIST not available)")
+        skipped.append(f"{tag}: misclassified digits, confusion matrix and what the network "
+                       "sees (MNIST not available)")
     elif store is None or (weights := weights_file(run.row, store)) is None:
-        skipped.append(f"{tag}: misclassified digits and confusion matrix (no weights: run "
-                       f"folder {run.row.run_dir} is missing its model.pt, and the store has none)")
+        skipped.append(f"{tag}: misclassified digits, confusion matrix and what the network sees "
+                       f"(no weights: run folder {run.row.run_dir} is missing its model.pt, and "
+                       "the store has none)")
         if s.params * 4 > STORE_WEIGHTS_MAX_BYTES:  # kept out of the committed store on purpose
             lines += ["", f"{s.name}'s final weights ({s.params * 4 / 1e6:.0f} MB) are kept out of "
-                      "the results store, so its misclassified digits and confusion matrix need "
-                      f"a local run: `ladder run {s.name} --seed {run.row.seed}`, then "
-                      "`ladder report`."]
+                      "the results store, so its misclassified digits, confusion matrix and "
+                      f"figures of what it sees need a local run: `ladder run {s.name} --seed "
+                      f"{run.row.seed}`, then `ladder report`."]
     else:
         images, labels = mnist_test
-        pred = predictions(weights, s, images)
+        model = trained_model(weights, s)
+        pred = predictions(model, images)
         title = f"{s.name}, seed {run.row.seed}"
         wrong = plot_misclassified(pred, images, labels, title, figs / f"{tag}-misclassified.png")
         plot_confusion(pred, labels, title, figs / f"{tag}-confusion.png")
@@ -466,6 +499,11 @@ def step_section(res: StepResults, prev: StepResults | None, figs: Path, rel: st
                       f"({wrong} of {len(labels)}), and its confusion matrix:", "",
                   f"![{s.name} misclassified]({rel}/{tag}-misclassified.png)", "",
                   f"![{s.name} confusion]({rel}/{tag}-confusion.png)"]
+        if insight.convolutions(model):
+            lines += sees_section(model, images, labels, pred, figs, rel, s.name, tag,
+                                  run.row.seed)
+        else:  # a step of the user's may be any network
+            skipped.append(f"{tag}: what the network sees (it has no convolution)")
     lines += ["", "<details><summary>Layers and receptive field</summary>", "", "```",
               summary_table(s.build()), "```", "", "</details>", ""]
     return lines
