@@ -229,10 +229,18 @@ def test_a_step_beyond_the_seed_names_the_commit_of_its_first_test_run(tmp_path:
         store.db.execute("UPDATE runs SET started = '2025-12-31T23:00:00', git_commit = ?, "
                          "git_dirty = 1 WHERE id = 'step12-s2'", ("f" * 40,))
         store.db.commit()
-    text = write_report(db, tmp_path / "REPORT.md", None)[0].read_text()
+    # written into a folder that does not exist yet (`ladder report --report-path new/...`)
+    text = write_report(db, tmp_path / "new" / "REPORT.md", None)[0].read_text()
     step12 = text[text.index("## step12"):]
     assert ("- First test-protocol run: 2025-12-31 23:00 UTC, git ffffffffffff (uncommitted "
             "changes); check: `git show ffffffffffff:src/mnist_ladder/steps/"
             "step12_pool_later_8k.py`") in step12
     step6 = text[text.index("## step6"):text.index("## step12")]
     assert "First test-protocol run" not in step6  # the seed's own steps: their document
+
+
+def test_the_frontier_is_the_best_of_each_size_gaining_with_size() -> None:
+    from mnist_ladder.report import pareto_front
+    points = [(3888, 99.36), (3888, 99.47), (3624, 99.22), (7322, 99.45), (7870, 99.55),
+              (6720, 99.43)]
+    assert pareto_front(points) == [(3624, 99.22), (3888, 99.47), (7870, 99.55)]
