@@ -9,6 +9,8 @@ from .base import Step, Variant
 RECIPE = dataclasses.replace(step11_clean_finish.RECIPE, batch_size=64)
 NARROW_3K = (6, 8, 10, 8, 10, 14, 20)  # Step 13's widths cut to 2,978 parameters
 SEPARABLE_3K = (8, 8, 10, 8, 16, 16, 24)  # 2,980: every layer after the pool separable
+FRONT_3K = (8, 8, 12, 8, 14, 16, 20)  # 2,962: Step 13's front whole, a separable tail
+FRONT_3K_FULL = (8, 8, 12, 6, 10, 12, 18)  # 2,974: Step 13's front whole, its tail narrowed
 
 
 STEP = Step(
@@ -51,5 +53,12 @@ STEP = Step(
         Variant("separable-3k-batch32", "separable-3k with batch 32 (added before any of these "
                 "had a result)", build=lambda: models.pool_later_separable_net(SEPARABLE_3K),
                 recipe=dataclasses.replace(RECIPE, batch_size=32)),
+        # Added after narrow-3k's first two seeds (below Step 13 by about 0.17) and before any
+        # other variant's result: the cut taken from after the pool only.
+        Variant("front-3k", "Step 13's three front convolutions kept whole (8, 8, 12); all "
+                "three layers after the pool separable (8 | 14, 16, 20): 2,962 parameters",
+                build=lambda: models.pool_later_separable_net(FRONT_3K)),
+        Variant("front-3k-full", "Step 13's front kept whole; after the pool 6 | 10, 12, 18: "
+                "2,974 parameters", build=lambda: models.pool_later_net(FRONT_3K_FULL)),
     ),
 )
