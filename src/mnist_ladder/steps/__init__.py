@@ -20,13 +20,14 @@ from . import (
     step11_clean_finish,
     step12_pool_later_8k,
     step13_batch64,
+    step14_under_3k,
 )
 from .base import Recipe, SeedResults, Step, Variant
 
 _MODULES = (step0_basic_setup, step1_skeleton, step2_batchnorm, step3_dropout,
             step4_capacity, step5_augmentation, step6_lr_scheduler, step7_separable, step8_wider,
             step9_adamw, step10_pool_later, step11_clean_finish,
-            step12_pool_later_8k, step13_batch64)
+            step12_pool_later_8k, step13_batch64, step14_under_3k)
 STEPS: dict[str, Step] = {m.STEP.name: m.STEP for m in _MODULES}
 # Each built-in step's file in the repository: what `git show COMMIT:FILE` checks.
 FILES: dict[str, str] = {m.STEP.name: f"src/mnist_ladder/steps/{m.__name__.rpartition('.')[2]}.py"
