@@ -43,34 +43,34 @@ def one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
 
 def test_new_run_compare_report_from_a_fresh_folder(tmp_path: Path) -> None:
     before = tracked_state()
-    r = ladder("new", "step14", "--from", "step6", cwd=tmp_path)
+    r = ladder("new", "mystep", "--from", "step6", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    step_file = tmp_path / "steps" / "step14.py"
+    step_file = tmp_path / "steps" / "mystep.py"
     text = step_file.read_text()
     assert "def build()" in text and "momentum=0.7," in text and "# SGD momentum" in text
     step_file.write_text(text.replace("momentum=0.7,", "momentum=0.8,"))  # the user's change
     listed = ladder("list", cwd=tmp_path).stdout
-    assert "step14" in listed and "[step14.py]" in listed
+    assert "mystep" in listed and "[mystep.py]" in listed
     for seed in ("1", "2"):
-        r = ladder("run", "steps/step14.py", "--epochs", "2", "--seed", seed, *SUBSET, cwd=tmp_path)
+        r = ladder("run", "steps/mystep.py", "--epochs", "2", "--seed", seed, *SUBSET, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         assert "verdict: 6,720 parameters (under the 8,000 budget)" in r.stdout
         assert "step6's reference at epoch 2 of their 15" in r.stdout  # its base's runs
     assert (tmp_path / "runs" / "ladder.db").is_file()
-    r = ladder("compare", "step6", "step14", "--json", cwd=tmp_path)
+    r = ladder("compare", "step6", "mystep", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     c = json.loads(r.stdout)
     assert c["epoch"] == 2 and len(c["b"]["seeds"]) == 2 and len(c["a"]["seeds"]) >= 3
     assert any("epoch" in n for n in c["notes"]) and any("protocol" in n for n in c["notes"])
     assert [d["field"] for d in c["recipe_diff"]] == ["epochs", "momentum"]
-    assert "cannot be judged yet" in c["verdict"]  # two seeds of step14
-    text = ladder("compare", "step6", "step14", cwd=tmp_path).stdout
-    assert "step14" in text and "95%" in text
+    assert "cannot be judged yet" in c["verdict"]  # two seeds of mystep
+    text = ladder("compare", "step6", "mystep", cwd=tmp_path).stdout
+    assert "mystep" in text and "95%" in text
     r = ladder("report", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     report = (tmp_path / "runs" / "REPORT.md").read_text()
     assert "## step6" in report  # the reference results, read beside the user's
-    assert "trained on a data subset" in report  # step14's quick runs are checks, said so
+    assert "trained on a data subset" in report  # mystep's quick runs are checks, said so
     assert tracked_state() == before
 
 

@@ -7,7 +7,7 @@ From Python (a notebook or a script), the same engine as the `ladder` command:
     s6 = ml.step("step6")           # a step by name, STEP.VARIANT, or the path of a step file
     r = ml.fit(s6, seed=1)          # trains, records the run in runs/ladder.db; r.model, r.history
     r.plot()                        # the 2x2 curves
-    print(ml.compare("step6", "steps/step14.py"))   # what a change bought, over seeds
+    print(ml.compare("step6", "steps/mystep.py"))   # what a change bought, over seeds
 """
 
 __version__ = "0.1.0"
