@@ -3,6 +3,7 @@ throw-away PostgreSQL server and sweep workers for the multi-worker sweep tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -105,3 +106,23 @@ def sweep_worker():
              str(trials), "--storage", url, *TINY_SWEEP, *beat, *extra], cwd=cwd,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return start
+
+
+@contextlib.contextmanager
+def ctrl_c_after_epochs(monkeypatch, epochs: int = 2):
+    """Within it, `experiment.fit` raises KeyboardInterrupt after `epochs` epochs, as Ctrl-C
+    would mid-run; the real `fit` is back afterwards."""
+    from mnist_ladder import experiment
+    real_fit = experiment.fit
+
+    def fit_then_ctrl_c(*a, **kw):
+        for i, r in enumerate(real_fit(*a, **kw)):
+            yield r
+            if i == epochs - 1:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "fit", fit_then_ctrl_c)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(experiment, "fit", real_fit)

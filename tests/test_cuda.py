@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import ctrl_c_after_epochs
 from mnist_ladder import augment as aug
 from mnist_ladder import experiment, steps
 from mnist_ladder import train as T
@@ -89,19 +90,9 @@ def test_an_interrupted_run_resumes_on_the_device(tmp_path: Path, mnist, monkeyp
                                 eval_limit=500)
     full = experiment.execute(spec, mnist, store, tmp_path, device=device, amp=bf16(device),
                               log=lambda s: None)
-    real_fit = experiment.fit
-
-    def fit_then_ctrl_c(*a, **kw):
-        for i, r in enumerate(real_fit(*a, **kw)):
-            yield r
-            if i == 1:
-                raise KeyboardInterrupt
-
-    monkeypatch.setattr(experiment, "fit", fit_then_ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
+    with ctrl_c_after_epochs(monkeypatch), pytest.raises(KeyboardInterrupt):
         experiment.execute(spec, mnist, store, tmp_path, device=device, amp=bf16(device),
                            log=lambda s: None)
-    monkeypatch.setattr(experiment, "fit", real_fit)
     (cut,) = [r for r in store.runs() if r.id != full.id]
     assert cut.effective_status == "interrupted" and len(store.epochs(cut.id)) == 2
     resumed = experiment.execute(spec, mnist, store, tmp_path, device=device, amp=bf16(device),

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import ctrl_c_after_epochs
 from mnist_ladder import experiment, steps
 from mnist_ladder.store import RunRow, Store
 
@@ -28,19 +29,9 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, mnist, monkeypatch
 
     full = experiment.execute(run_spec, mnist, store, tmp_path, device=CPU, amp=False,
                               log=lambda s: None)
-    real_fit = experiment.fit
-
-    def fit_then_ctrl_c(*a, **kw):
-        for i, r in enumerate(real_fit(*a, **kw)):
-            yield r
-            if i == 1:
-                raise KeyboardInterrupt
-
-    monkeypatch.setattr(experiment, "fit", fit_then_ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
+    with ctrl_c_after_epochs(monkeypatch), pytest.raises(KeyboardInterrupt):
         experiment.execute(run_spec, mnist, store, tmp_path, device=CPU, amp=False,
                            log=lambda s: None)
-    monkeypatch.setattr(experiment, "fit", real_fit)
     (cut,) = [r for r in store.runs() if r.id != full.id]
     assert cut.effective_status == "interrupted" and len(store.epochs(cut.id)) == 2
     resumed = experiment.execute(run_spec, mnist, store, tmp_path, device=CPU, amp=False,
