@@ -179,14 +179,78 @@ def seed_images_per_s(mnist: data.MNIST, batches: int) -> float:
 # ---------------------------------------------------------------- full run
 
 
-def full_run_in_child(batch_size: int) -> dict:
-    """The 15-epoch run in a process of its own, so that its peak memory is its own."""
+def full_run_in_child(batch_size: int, *, step: str = "step6", seed: int = 1,
+                      epochs: int | None = None, src: Path | None = None) -> dict:
+    """A full run in a process of its own, so that its peak memory is its own; `src`: run
+    another checkout's package (its `src` folder) with this script."""
     import json
+    import os
     import subprocess
-    r = subprocess.run([sys.executable, __file__, "--full-child", str(batch_size)],
-                       stdout=subprocess.PIPE, text=True, check=True)
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
+    args = ["--full-child", str(batch_size), "--child-step", step, "--child-seed", str(seed)]
+    if epochs:
+        args += ["--child-epochs", str(epochs)]
+    r = subprocess.run([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True,
+                       check=True, env=env)
     *_, last = r.stdout.strip().splitlines()
     return json.loads(last)
+
+
+# (step, epochs, seeds) compared by --versus: Step 6's whole recipe over 3 seeds (time and
+# accuracy), and the frontier steps' epoch time
+VERSUS_RUNS = [("step6", 15, (1, 2, 3)), ("step12", 2, (1,)), ("step13", 2, (1,))]
+
+
+def versus(ref: str) -> list[tuple[str, str]]:
+    """This checkout against git `ref` (e.g. the commit before a speed change), in one run:
+    full runs in child processes, alternating old and new run by run, so both see the same
+    machine. The old code runs from a temporary `git worktree` of `ref`."""
+    import subprocess
+    import tempfile
+    root = Path(__file__).resolve().parents[1]
+    ref = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", ref], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout.strip()  # a name that lasts
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "base"
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-q", str(base), ref],
+                       check=True)
+        try:
+            for step_name, epochs, seeds in VERSUS_RUNS:
+                old, new = [], []
+                for seed in seeds:
+                    for label, src, out in (("old", base / "src", old), ("new", root / "src", new)):
+                        r = full_run_in_child(steps.get(step_name).recipe.batch_size,
+                                              step=step_name, seed=seed, epochs=epochs, src=src)
+                        out.append(r)
+                        tree = ref if label == "old" else "this tree"
+                        last3 = " / ".join(f"{v:.2f}" for v in r["last3"])
+                        print(f"  {step_name} seed {seed} {label} ({tree}): {r['wall_s']:.1f} s, "
+                              f"epoch {r['epoch_s']:.2f} s, last 3 {last3}", flush=True)
+                ratio = statistics.mean(o["wall_s"] for o in old) / statistics.mean(n["wall_s"] for n in new)
+                epoch_ratio = (statistics.mean(o["epoch_s"] for o in old)
+                               / statistics.mean(n["epoch_s"] for n in new))
+                what = f"{step_name}, {epochs} epochs, {len(seeds)} seed(s)"
+                rows.append((f"{what}: wall s, {ref} -> this tree",
+                             f"{statistics.mean(o['wall_s'] for o in old):.0f} -> "
+                             f"{statistics.mean(n['wall_s'] for n in new):.0f} ({ratio:.2f}x)"))
+                rows.append((f"{step_name}: mean epoch s, {ref} -> this tree",
+                             f"{statistics.mean(o['epoch_s'] for o in old):.2f} -> "
+                             f"{statistics.mean(n['epoch_s'] for n in new):.2f} ({epoch_ratio:.2f}x)"))
+                rows.append((f"{step_name}: page faults a training step, {ref} -> this tree",
+                             f"{statistics.mean(o['faults_per_step'] for o in old):,.0f} -> "
+                             f"{statistics.mean(n['faults_per_step'] for n in new):,.0f}"))
+                if epochs >= 3:
+                    for label, runs in (("old", old), ("new", new)):
+                        accs = [v for r in runs for v in r["last3"]]
+                        rows.append((f"{step_name}: test accuracy, last 3 epochs x seeds ({label})",
+                                     f"mean {statistics.mean(accs):.2f}, min {min(accs):.2f}"))
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(base)],
+                           check=False)
+    return rows
 
 
 def full_recipe(batch_size: int):
@@ -196,16 +260,28 @@ def full_recipe(batch_size: int):
     return dataclasses.replace(r, batch_size=batch_size, lr=r.lr * k, max_lr=r.max_lr * k)
 
 
-def full_run(mnist: data.MNIST, batch_size: int, layout_name: str) -> dict:
+def full_run(mnist: data.MNIST, batch_size: int, step_name: str = "step6", seed: int = 1,
+             epochs: int | None = None) -> dict:
+    """A test-protocol run of `step_name` (Step 6's recipe at `batch_size`), in the layout a
+    run would choose; wall time from the data on, mean epoch time, last 3 test accuracies."""
     device = torch.device("cpu")
     amp = T.pick_amp("auto", device)
     t = time.perf_counter()
     d = T.prepare(mnist, device)
+    step = steps.get(step_name)
+    recipe = full_recipe(batch_size) if step_name == "step6" else step.recipe
+    if epochs:
+        recipe = dataclasses.replace(recipe, epochs=epochs)
+    name = layout.choose(step, recipe, device, amp, d)
     hist = []
-    for r in T.fit(STEP, d, full_recipe(batch_size), seed=1, amp=amp, layout=layout_name):
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for r in T.fit(step, d, recipe, seed=seed, amp=amp, layout=name):
         hist.append(r)
         print(f"    epoch {r.epoch:>2}: test {r.test_acc:.2f}%  {r.seconds:.1f}s", flush=True)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    steps_run = len(hist) * math.ceil(len(d.train_y) / recipe.batch_size)
     return {"wall_s": time.perf_counter() - t, "last3": [h.test_acc for h in hist[-3:]],
+            "epoch_s": statistics.mean(h.seconds for h in hist), "faults_per_step": faults / steps_run,
             "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -290,13 +366,19 @@ def main() -> None:
                     help="batch sizes for --full, comma-separated (128 is Step 6's own recipe; "
                          "others scale OneCycle's peak linearly)")
     ap.add_argument("--full-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--child-step", default="step6", help=argparse.SUPPRESS)
+    ap.add_argument("--child-seed", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--child-epochs", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--versus", metavar="GIT_REF",
+                    help="also run Step 6 (15 epochs, 3 seeds) and Steps 12, 13 (2 epochs) with "
+                         "this tree and with GIT_REF, alternately, and print the speed-ups")
     ap.add_argument("--write-readme", action="store_true",
                     help="put the table into README.md between its bench markers")
     a = ap.parse_args()
     mnist = data.load()
     if a.full_child is not None:
         import json
-        print(json.dumps(full_run(mnist, a.full_child, chosen_layout(mnist))))
+        print(json.dumps(full_run(mnist, a.full_child, a.child_step, a.child_seed, a.child_epochs)))
         return
     print(f"machine: {machine()}")
     chosen = chosen_layout(mnist)
@@ -342,6 +424,9 @@ def main() -> None:
                      ("test accuracy, last 3 epochs", " / ".join(f"{v:.2f}" for v in f["last3"])),
                      ("peak resident memory of that run (its own process)",
                       f"{f['rss_mib']:.0f} MiB")]
+    if a.versus:
+        print(f"this tree against {a.versus}, full runs alternating:")
+        rows += versus(a.versus)
     width = max(len(k) for k, _ in rows)
     table = [f"| {'measure':<{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
     table += [f"| {k:<{width}} | {v} |" for k, v in rows]

@@ -32,7 +32,15 @@ from torch import nn
 from .data import default_cache_dir
 from .models import BatchNormNCHW, MaxPoolCL
 from .steps import Recipe, Step
-from .train import ConfigError, DeviceData, make_optimizer, normalize, optimizer_step, to_unit
+from .train import (
+    ConfigError,
+    DeviceData,
+    keep_freed_memory,
+    make_optimizer,
+    normalize,
+    optimizer_step,
+    to_unit,
+)
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,8 @@ def measure(step: Step, recipe: Recipe, device: torch.device, amp: bool, data: D
     """Milliseconds per training step of `step`'s model in each layout: the median over
     `rounds` rounds, each timing every layout in turn (neighbours in time share the machine's
     load), after one round of warm-up. Real images, unaugmented: the model's work alone."""
+    if device.type == "cpu":
+        keep_freed_memory()  # as in the run it measures for
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         x = normalize(to_unit(data.train_x[:recipe.batch_size]))

@@ -8,11 +8,11 @@ r ReLU, d dropout. Every network returns logits; `F.cross_entropy` on logits is 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import fused
 
 
 class Dropout(nn.Dropout):
@@ -31,9 +31,8 @@ class Dropout(nn.Dropout):
         if not self.training or self.p == 0 or x.device.type != "cpu":
             return F.dropout(x, self.p, self.training)
         n = x.numel()
-        hits = int(torch.poisson(torch.tensor(-n * math.log1p(-self.p), dtype=torch.float64)))
         mask = torch.empty_like(x, memory_format=_layout_of(x))
-        offsets = _storage_offsets(torch.randint(0, n, (hits,)), mask)
+        offsets = _storage_offsets(fused.dropout_hits(n, self.p), mask)
         mask.as_strided((n,), (1,)).fill_(1 / (1 - self.p)).index_fill_(0, offsets, 0)
         return x * mask
 
@@ -95,6 +94,26 @@ class Conv(nn.Sequential):
             "d": lambda: Dropout(dropout),
         }
         super().__init__(*(make[letter]() for letter in order))
+        self.order = order
+        self.fused = fused.fusable(order)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fused or not self.training or self._hooked():
+            return super().forward(x)
+        z = self[0](x)
+        bn = self[self.order.index("b")]
+        if not fused.can_fuse(z, bn, self.training):
+            for layer in list(self)[1:]:
+                z = layer(z)
+            return z
+        after = self.order[self.order.index("b") + 1:]
+        p = self[self.order.index("d")].p if "d" in after else 0.0
+        # One autograd function for BatchNorm and its ReLU and dropout: fused.py says why.
+        return fused.norm_block(z, bn, pre_relu=self.order[1] == "r", post_relu="r" in after, p=p)
+
+    def _hooked(self) -> bool:
+        """Hooks on a layer (torchinfo's, insight's) must see it run on its own."""
+        return any(m._forward_hooks or m._forward_pre_hooks for m in self)
 
 
 def separable(cin: int, cout: int, *, padding: int = 1) -> nn.Sequential:
