@@ -210,8 +210,13 @@ def versus(ref: str) -> list[tuple[str, str]]:
     import subprocess
     import tempfile
     root = Path(__file__).resolve().parents[1]
-    ref = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", ref], check=True,
-                         stdout=subprocess.PIPE, text=True).stdout.strip()  # a name that lasts
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], check=True, stdout=subprocess.PIPE,
+                              text=True).stdout.strip()
+
+    ref = git("rev-parse", "--short", ref)  # names that last, in the table
+    dirty = " + edits" if git("status", "--porcelain", "--", "src") else ""
+    this = f"{git('rev-parse', '--short', 'HEAD')}{dirty}"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"
@@ -225,7 +230,7 @@ def versus(ref: str) -> list[tuple[str, str]]:
                         r = full_run_in_child(steps.get(step_name).recipe.batch_size,
                                               step=step_name, seed=seed, epochs=epochs, src=src)
                         out.append(r)
-                        tree = ref if label == "old" else "this tree"
+                        tree = ref if label == "old" else this
                         last3 = " / ".join(f"{v:.2f}" for v in r["last3"])
                         print(f"  {step_name} seed {seed} {label} ({tree}): {r['wall_s']:.1f} s, "
                               f"epoch {r['epoch_s']:.2f} s, last 3 {last3}", flush=True)
@@ -233,13 +238,13 @@ def versus(ref: str) -> list[tuple[str, str]]:
                 epoch_ratio = (statistics.mean(o["epoch_s"] for o in old)
                                / statistics.mean(n["epoch_s"] for n in new))
                 what = f"{step_name}, {epochs} epochs, {len(seeds)} seed(s)"
-                rows.append((f"{what}: wall s, {ref} -> this tree",
+                rows.append((f"{what}: wall s, {ref} -> {this}",
                              f"{statistics.mean(o['wall_s'] for o in old):.0f} -> "
                              f"{statistics.mean(n['wall_s'] for n in new):.0f} ({ratio:.2f}x)"))
-                rows.append((f"{step_name}: mean epoch s, {ref} -> this tree",
+                rows.append((f"{step_name}: mean epoch s, {ref} -> {this}",
                              f"{statistics.mean(o['epoch_s'] for o in old):.2f} -> "
                              f"{statistics.mean(n['epoch_s'] for n in new):.2f} ({epoch_ratio:.2f}x)"))
-                rows.append((f"{step_name}: page faults a training step, {ref} -> this tree",
+                rows.append((f"{step_name}: page faults a training step, {ref} -> {this}",
                              f"{statistics.mean(o['faults_per_step'] for o in old):,.0f} -> "
                              f"{statistics.mean(n['faults_per_step'] for n in new):,.0f}"))
                 if epochs >= 3:
