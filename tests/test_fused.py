@@ -129,6 +129,7 @@ def test_fused_path_runs_only_where_it_computes_the_same(monkeypatch) -> None:
     nchw_bn = layout.apply(Conv(4, 8, 3, order="cbr"), "cl+bn-nchw")
     assert isinstance(nchw_bn[1], BatchNormNCHW)
     nchw_bn(x.contiguous(memory_format=torch.channels_last))
+    Conv(4, 8, 3, order="cbr").double()(x.double().contiguous(memory_format=torch.channels_last))
     assert len(calls) == 1
 
 

@@ -127,6 +127,7 @@ def fusable(order: str) -> bool:
 
 def can_fuse(x: torch.Tensor, bn: nn.Module, training: bool) -> bool:
     return (training and x.device.type == "cpu" and x.dim() == 4
+            and x.dtype in (torch.float32, torch.bfloat16)  # fp32 statistics for these two
             and x.is_contiguous(memory_format=torch.channels_last)
             and type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats
             and not torch.compiler.is_compiling())
