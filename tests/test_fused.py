@@ -99,6 +99,44 @@ def test_every_step_trains_the_same_fused_or_not(name: str, monkeypatch) -> None
         assert (a - b).abs().max() <= 1e-4 * b.abs().max()
 
 
+def test_fused_block_at_shapes_whose_rows_are_not_whole_bytes_of_the_dropout_mask() -> None:
+    """7 channels at an odd number of positions: rows of 7 values, so a row's dropout bits
+    start mid-byte (the kernels' slow path), and the threads' row ranges are uneven."""
+    torch.manual_seed(0)
+    block = Conv(3, 7, 3, order="crbd", dropout=0.2).to(memory_format=torch.channels_last)
+    x = torch.randn(5, 3, 7, 7).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(5, 7, 5, 5)
+    assert fused.tile_factor(7, 5 * 5 * 5) * 7 % 8 != 0
+    got = _train_block(copy.deepcopy(block), x, g, False, fuse=True)
+    want = _train_block(block.double(), x.double(), g.double(), False, fuse=False)
+    assert torch.equal(got[0] == 0, want[0] == 0)
+    for a, b in zip(got, want, strict=True):
+        assert (a.double() - b.double()).abs().max() <= 1e-5 * b.double().abs().max().clamp(min=1)
+
+
+def test_kernels_are_built_once_per_machine_and_missed_only_for_speed(monkeypatch, tmp_path) -> None:
+    """Built into the machine cache folder on first use; without a C compiler, a warning and
+    the blocks run as modules (same results, more slowly)."""
+    monkeypatch.setenv("MNIST_LADDER_CACHE", str(tmp_path))
+    fused.kernels.cache_clear()
+    try:
+        assert fused.kernels() is not None
+        assert len(list((tmp_path / "kernels").glob("normblock-*.so"))) == 1
+        fused.kernels.cache_clear()
+        assert fused.kernels() is not None  # the same build, found
+        assert len(list((tmp_path / "kernels").glob("*"))) == 1
+        fused.kernels.cache_clear()
+        monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+        with pytest.warns(UserWarning, match="could not be built"):
+            assert fused.kernels() is None
+        calls = _spy_on_norm_block(monkeypatch)
+        block = Conv(4, 8, 3, order="cbrd", dropout=0.1)
+        y = block(torch.randn(4, 4, 8, 8).contiguous(memory_format=torch.channels_last))
+        assert not calls and y.shape == (4, 8, 6, 6)
+    finally:
+        fused.kernels.cache_clear()
+
+
 def test_fusable_orders() -> None:
     for order in ORDERS:
         assert fused.fusable(order), order

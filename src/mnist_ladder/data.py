@@ -64,6 +64,13 @@ def default_cache_dir() -> Path:
     return Path(base) / "mnist-ladder"
 
 
+def machine_cache_dir() -> Path:
+    """Where what is worked out once per machine lives (the layouts measured, the kernels
+    compiled): $MNIST_LADDER_CACHE, else beside the data in its cache folder."""
+    folder = os.environ.get("MNIST_LADDER_CACHE")
+    return Path(folder).expanduser() if folder else default_cache_dir()
+
+
 def _say(msg: str) -> None:
     print(f"[data] {msg}", file=sys.stderr, flush=True)
 

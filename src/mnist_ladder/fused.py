@@ -1,30 +1,88 @@
 """BatchNorm with its neighbouring ReLU and dropout as one autograd function, for CPU training.
 
-Why by hand: torch's CPU BatchNorm on a channels-last map walks it C values at a time, and
-with the ladder's few channels that is slow: at Step 6's first block ([128, 8, 26, 26], bf16)
-its forward took 1.1 ms where the same kernel on the same memory viewed as 128 "channels"
-takes 0.14 ms. So the map is viewed as rows of `tile` = C * k values (k copies of the
-channel vector), torch's own kernels run on that 2-D view at full vector width (statistics
-per column, the normalization as an eval-mode BatchNorm with the channel statistics tiled,
-the gradient's reductions from its backward kernel), and the k column statistics fold into
-the C channel statistics exactly. Dropout's scale folds into the normalization's weight and
-bias and its hits are zeroed in place: no mask, no extra pass. Statistics and weight
-gradients are fp32 whatever the activations' precision, as in torch's kernel. `Conv.forward`
-(models.py) uses it when training on the CPU in channels-last; everything else (eval, CUDA,
-other layouts, hooks) runs the modules one by one.
+Why by hand: run as modules, a Step 6 block is about eight passes over its activation map
+forward and backward (ReLU, statistics, normalization, dropout mask and multiply, and their
+gradients), and on these small maps each pass costs what it reads and writes in memory, not
+its arithmetic. torch has no fused CPU kernel for this (torch.compile's would be, but it lost
+overall here: `benchmarks/speed.py --ablate`), and its channels-last BatchNorm walks the map
+C values at a time, slow at the ladder's 8-20 channels. So `normblock.c` does it in four
+passes: statistics and the normalized output forward, the gradient's sums and the input
+gradient backward, with the ReLUs and the dropout applied in the same loops and the dropout
+kept as one bit an element. The map is viewed as rows of `tile` = C * k values (k copies of
+the channel vector) so the loops run at full vector width; the k column sums fold into the
+C channel sums exactly. Sums are in double, statistics and weight gradients in fp32 or
+better whatever the activations' precision. `Conv.forward` (models.py) uses it when training
+on the CPU in channels-last; everything else (eval, CUDA, other layouts, hooks, a machine
+without a C compiler) runs the modules one by one.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import hashlib
 import math
+import os
+import platform
 import re
+import subprocess
+import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
 
-MAX_TILE = 128  # values a row: full vector registers, and any batch size divides it out
+from .data import machine_cache_dir
 
-aten = torch.ops.aten
+MAX_TILE = 128  # values a row: full vector registers, and any batch size divides it out
+SOURCE = Path(__file__).with_name("normblock.c")
+# -march=native: built on the machine that runs it, for its vector width. No fast-math: the
+# results must be torch's arithmetic; -fno-trapping-math only lets the ReLU's selects vectorize.
+CFLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math",
+          "-shared", "-fPIC")
+
+
+def _cpu_flags() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    return next((ln for ln in info if ln.startswith("flags")), "") + next(
+        (ln for ln in info if ln.startswith("model name")), "")
+
+
+@functools.cache
+def kernels() -> ctypes.CDLL | None:
+    """normblock.c compiled for this CPU with the system C compiler ($CC, else cc), once:
+    cached by source, compiler, flags and CPU in the machine cache folder. None where it
+    cannot be built; the blocks then run as modules."""
+    cc = os.environ.get("CC", "cc")
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True,
+                                 check=True).stdout
+        key = hashlib.sha256("\0".join([SOURCE.read_text(), version, *CFLAGS, _cpu_flags()])
+                             .encode()).hexdigest()[:16]
+        lib = machine_cache_dir() / "kernels" / f"normblock-{key}.so"
+        if not lib.exists():
+            lib.parent.mkdir(parents=True, exist_ok=True)
+            tmp = lib.with_name(f".{lib.name}.{os.getpid()}.tmp")
+            subprocess.run([cc, *CFLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True,
+                           text=True, check=True)
+            os.replace(tmp, lib)  # atomic: concurrent runs each see a whole file
+        # torch is imported, so the library's OpenMP is torch's runtime and thread pool
+        built = ctypes.CDLL(str(lib))
+    except (OSError, subprocess.CalledProcessError) as e:
+        detail = getattr(e, "stderr", "") or e
+        warnings.warn(f"the fused BatchNorm kernels could not be built ({detail}); "
+                      "BatchNorm blocks run as torch modules, more slowly", stacklevel=2)
+        return None
+    ptr = ctypes.c_void_p
+    block = ctypes.POINTER(_Block)
+    built.nb_forward.argtypes = [block, ptr, ptr, ptr, ptr, ctypes.c_int64, ptr, ptr, ptr, ptr,
+                                 ctypes.c_double, ptr, ptr]
+    built.nb_backward.argtypes = [block, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
+    built.nb_forward.restype = built.nb_backward.restype = None
+    return built
 
 
 def tile_factor(channels: int, positions: int) -> int:
@@ -42,80 +100,58 @@ def dropout_hits(n: int, p: float) -> torch.Tensor:
     return torch.randint(0, n, (hits,))
 
 
-def _rows(t: torch.Tensor, tile: int) -> torch.Tensor:
-    """A channels-last [N, C, H, W] tensor as rows of `tile` values (a view, no copy)."""
-    return t.permute(0, 2, 3, 1).reshape(-1, tile)
+class _Block(ctypes.Structure):
+    """normblock.c's `Block`: a map's shape as rows of `T` values, and the block's settings."""
+
+    _fields_ = [("rows", ctypes.c_int64), ("T", ctypes.c_int32), ("C", ctypes.c_int32),
+                ("bf16", ctypes.c_int32), ("pre_relu", ctypes.c_int32),
+                ("post_relu", ctypes.c_int32), ("threads", ctypes.c_int32),
+                ("keep", ctypes.c_double), ("eps", ctypes.c_double)]
 
 
-def _tiled(k: int, *vectors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Per-channel vectors repeated k times to match `_rows`, in one copy (small ops cost
-    more here than the values they move)."""
-    return torch.stack(vectors).repeat(1, k).unbind()
+def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
 class _NormBlock(torch.autograd.Function):
-    """y = post(dropout(BN(pre(z)))): pre is ReLU or identity, post ReLU or identity."""
+    """y = post(dropout(BN(pre(z)))): pre is ReLU or identity, post ReLU or identity. The
+    forward also moves `bn`'s running statistics, as torch's BatchNorm does."""
 
     @staticmethod
     @torch.autocast("cpu", enabled=False)  # bf16 activations, fp32 statistics and parameters
-    def forward(ctx, z, weight, bias, eps, pre_relu, post_relu, keep, hits):
+    def forward(ctx, z, weight, bias, bn, pre_relu, post_relu, keep, hits):
         n, c, h, w = z.shape
         k = tile_factor(c, n * h * w)
-        a = _rows(z, c * k)
-        if pre_relu:
-            a = a.relu()
-        # column statistics (fp32), folded k -> 1 by the parallel-variance rule
-        # (fp32 running buffers make the kernel return fp32 statistics for bf16 input too)
-        scratch = torch.zeros(2, c * k)
-        col_mean, col_var = torch.batch_norm_update_stats(a, scratch[0], scratch[1], 0.0)
-        col_mean, col_var = col_mean.view(k, c), col_var.view(k, c)
-        mean = col_mean.mean(0)
-        var = col_var.mean(0) + (col_mean - mean).square().mean(0)
-        invstd = torch.rsqrt(var + eps)
-        wf, bf = weight.detach().float(), bias.detach().float()
-        scale, shift, tiled_mean, tiled_var = _tiled(k, wf * keep, bf * keep, mean, var)
-        y = aten.native_batch_norm(a, scale, shift, tiled_mean, tiled_var, False, 0.0, eps)[0]
-        if hits is not None:
-            y.view(-1).index_fill_(0, hits, 0)
-        if post_relu:
-            y.relu_()
-        ctx.save_for_backward(a, y if post_relu else None, wf, mean, invstd, hits)
-        ctx.shape, ctx.flags = (n, h, w, c), (pre_relu, post_relu, keep, weight.dtype)
-        ctx.mark_non_differentiable(mean, var)
-        return y.view(n, h, w, c).permute(0, 3, 1, 2), mean, var
+        block = _Block(rows=z.numel() // (c * k), T=c * k, C=c, bf16=z.dtype == torch.bfloat16,
+                       pre_relu=pre_relu, post_relu=post_relu, threads=torch.get_num_threads(),
+                       keep=keep, eps=bn.eps)
+        y = torch.empty_like(z)
+        mask = torch.empty((z.numel() + 7) // 8, dtype=torch.uint8)  # the dropout, a bit each
+        scale_shift = torch.empty(2, block.T)
+        moments = torch.empty(2, c, dtype=torch.float64)  # mean and 1/std
+        kernels().nb_forward(block, _ptr(z), _ptr(y), _ptr(mask), _ptr(hits),
+                             0 if hits is None else hits.numel(), _ptr(weight), _ptr(bias),
+                             _ptr(bn.running_mean), _ptr(bn.running_var), _momentum(bn),
+                             _ptr(scale_shift), _ptr(moments))
+        ctx.save_for_backward(z, mask, scale_shift, moments, weight)
+        ctx.block = block
+        return y
 
     @staticmethod
-    def backward(ctx, dy, _dmean, _dvar):
-        a, y, wf, mean, invstd, hits = ctx.saved_tensors
-        pre_relu, post_relu, keep, weight_dtype = ctx.flags
-        n, h, w, c = ctx.shape
-        k = a.shape[1] // c
-        dy = _rows(dy.contiguous(memory_format=torch.channels_last), c * k)
-        # the gradient past the ReLU after BatchNorm, in a tensor of its own if hits are zeroed
-        g = (aten.threshold_backward(dy, y, 0) if post_relu
-             else dy.clone() if hits is not None else dy)
-        if hits is not None:
-            g.view(-1).index_fill_(0, hits, 0)
-        # per column: sum g (x - mean) invstd and sum g, with the channel's mean and invstd
-        col_dgamma, col_dbeta = aten.native_batch_norm_backward(
-            g, a, None, None, None, *_tiled(k, mean, invstd), True, 0.0, [False, True, True])[1:]
-        # g' = keep * g is the gradient at BatchNorm's output
-        dgamma = keep * col_dgamma.view(k, c).sum(0)
-        dbeta = keep * col_dbeta.view(k, c).sum(0)
-        count = a.numel() // c
-        # BatchNorm's input gradient, expanded: da = coef_g g + coef_a a + const per channel
-        coef_g = wf * invstd * keep
-        coef_a = -wf * invstd.square() * dgamma / count
-        const = -wf * invstd * dbeta / count - coef_a * mean
-        ones = torch.ones_like(mean)
-        coef_a, const, zeros, ones, coef_g = _tiled(k, coef_a, const, ones - 1, ones, coef_g)
-        # coef_a a + const in one pass: an eval-mode BatchNorm with mean 0 and variance 1
-        da = aten.native_batch_norm(a, coef_a, const, zeros, ones, False, 0.0, 0.0)[0]
-        da = torch.addcmul(da, g, coef_g.to(da.dtype))
-        if pre_relu:
-            da = aten.threshold_backward(da, a, 0)
-        dz = da.view(n, h, w, c).permute(0, 3, 1, 2)
-        return dz, dgamma.to(weight_dtype), dbeta.to(weight_dtype), None, None, None, None, None
+    def backward(ctx, dy):
+        z, mask, scale_shift, moments, weight = ctx.saved_tensors
+        dy = dy.to(z.dtype).contiguous(memory_format=torch.channels_last)
+        dz, dweight, dbias = torch.empty_like(z), torch.empty_like(weight), torch.empty_like(weight)
+        kernels().nb_backward(ctx.block, _ptr(dy), _ptr(z), _ptr(dz), _ptr(mask),
+                              _ptr(scale_shift), _ptr(moments), _ptr(weight), _ptr(dweight),
+                              _ptr(dbias))
+        return dz, dweight, dbias, None, None, None, None, None
+
+
+def _momentum(bn: nn.BatchNorm2d) -> float:
+    """This step's running-statistics momentum, counting the step as torch does."""
+    bn.num_batches_tracked.add_(1)
+    return bn.momentum if bn.momentum is not None else 1 / float(bn.num_batches_tracked)
 
 
 def fusable(order: str) -> bool:
@@ -127,10 +163,12 @@ def fusable(order: str) -> bool:
 
 def can_fuse(x: torch.Tensor, bn: nn.Module, training: bool) -> bool:
     return (training and x.device.type == "cpu" and x.dim() == 4
-            and x.dtype in (torch.float32, torch.bfloat16)  # fp32 statistics for these two
+            and x.dtype in (torch.float32, torch.bfloat16)  # what normblock.c reads
+            and x.shape[1] <= MAX_TILE
             and x.is_contiguous(memory_format=torch.channels_last)
             and type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats
-            and not torch.compiler.is_compiling())
+            and bn.weight.dtype == bn.running_mean.dtype == torch.float32
+            and not torch.compiler.is_compiling() and kernels() is not None)
 
 
 def norm_block(z: torch.Tensor, bn: nn.BatchNorm2d, *, pre_relu: bool, post_relu: bool,
@@ -139,11 +177,4 @@ def norm_block(z: torch.Tensor, bn: nn.BatchNorm2d, *, pre_relu: bool, post_relu
     dropout of rate p (0: none); updates `bn`'s running statistics as torch does."""
     hits = dropout_hits(z.numel(), p) if p > 0 else None
     keep = 1 / (1 - p) if p > 0 else 1.0
-    y, mean, var = _NormBlock.apply(z, bn.weight, bn.bias, bn.eps, pre_relu, post_relu, keep, hits)
-    with torch.no_grad():
-        bn.num_batches_tracked.add_(1)
-        momentum = bn.momentum if bn.momentum is not None else 1 / float(bn.num_batches_tracked)
-        count = z.numel() // z.shape[1]
-        bn.running_mean.lerp_(mean, momentum)
-        bn.running_var.lerp_(var * (count / max(count - 1, 1)), momentum)
-    return y
+    return _NormBlock.apply(z, bn.weight, bn.bias, bn, pre_relu, post_relu, keep, hits)

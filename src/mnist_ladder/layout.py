@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import default_cache_dir
+from .data import machine_cache_dir
 from .models import BatchNormNCHW, MaxPoolCL
 from .steps import Recipe, Step
 from .train import (
@@ -159,9 +159,7 @@ def cache_key(step: Step, recipe: Recipe, amp: bool) -> str:
 
 
 def cache_path() -> Path:
-    """$MNIST_LADDER_CACHE/layouts.json, else beside the data in its cache folder."""
-    folder = os.environ.get("MNIST_LADDER_CACHE")
-    return (Path(folder).expanduser() if folder else default_cache_dir()) / "layouts.json"
+    return machine_cache_dir() / "layouts.json"
 
 
 def read_cache() -> dict:

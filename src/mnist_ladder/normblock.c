@@ -1,0 +1,272 @@
+/* The fused BatchNorm block's passes over a channels-last map (fused.py says why they exist).
+
+   The map is `rows` rows of `T` values (T = channels * k: k copies of the channel vector), fp32
+   or bf16. a = ReLU(z) if pre_relu else z; v = scale * a + shift with scale and shift tiled to T
+   (BatchNorm, its affine and the dropout's 1/(1-p) in one); y = ReLU(v) if post_relu else v;
+   y = 0 where the dropout mask (one bit an element) is set. Each direction is one call and
+   one parallel region: per-column sums in double, a thread's rows at a time, folded into the
+   channels by one thread in a fixed order (results do not depend on scheduling), then the
+   elementwise pass. The per-channel arithmetic is here too: in Python it was dozens of tiny
+   tensor operations a block, which cost more than the passes. Built by fused.py with the
+   system C compiler and loaded with ctypes; OpenMP resolves to the runtime torch already
+   loaded, so both share one thread pool. */
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_T 128
+
+/* One block's shape and settings (fused.py's `_Block` mirrors it). */
+typedef struct {
+    int64_t rows;  /* the map is rows x T values */
+    int32_t T, C;  /* T = C * k */
+    int32_t bf16, pre_relu, post_relu, threads;
+    double keep;   /* the dropout's 1 / (1 - p), or 1 */
+    double eps;
+} Block;
+
+static inline float load(const void *p, int64_t i, int bf16) {
+    if (bf16) {
+        uint32_t u = (uint32_t)((const uint16_t *)p)[i] << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+    }
+    return ((const float *)p)[i];
+}
+
+/* float -> bf16 rounds to nearest even, as torch does (NaN aside: none reach here finite). */
+static inline void store(void *p, int64_t i, float f, int bf16) {
+    if (bf16) {
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        u += 0x7FFFu + ((u >> 16) & 1u);
+        ((uint16_t *)p)[i] = (uint16_t)(u >> 16);
+    } else {
+        ((float *)p)[i] = f;
+    }
+}
+
+/* One rounding, the same wherever it is computed: the backward's "was y > 0" must agree with
+   the forward bit for bit. */
+static inline float affine(float s, float a, float b) {
+#ifdef __FMA__
+    return fmaf(s, a, b);
+#else
+    return s * a + b;
+#endif
+}
+
+/* The mask bits of elements base .. base+T-1, one byte each: loops over a row then read
+   bytes, which vectorize, where bits at a moving offset do not. Eight bits spread to eight
+   bytes with one multiply (bit 7 apart: the multiply carries it out of its byte). */
+static inline void unpack_row(const uint8_t *mask, int64_t base, int T, uint8_t *cut) {
+    if (((base | T) & 7) == 0) {
+        for (int j = 0; j < T; j += 8) {
+            uint8_t b = mask[(base + j) >> 3];
+            uint64_t w = (((uint64_t)(b & 0x7F) * 0x0002040810204081ULL) & 0x0101010101010101ULL)
+                         | ((uint64_t)(b & 0x80) << 49);
+            memcpy(cut + j, &w, 8);
+        }
+    } else {
+        for (int j = 0; j < T; j++) cut[j] = (mask[(base + j) >> 3] >> ((base + j) & 7)) & 1;
+    }
+}
+
+static inline void thread_rows(int64_t rows, int64_t *r0, int64_t *r1) {
+    int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    *r0 = rows * t / nt;
+    *r1 = rows * (t + 1) / nt;
+}
+
+static inline void stats_rows(const void *z, int bf16, int64_t r0, int64_t r1, int T, int pre_relu,
+                              double *s, double *q) {
+    for (int64_t r = r0; r < r1; r++)
+        for (int j = 0; j < T; j++) {
+            float a = load(z, r * T + j, bf16);
+            if (pre_relu) a = a > 0.f ? a : 0.f;
+            s[j] += a;
+            q[j] += (double)a * a;
+        }
+}
+
+static inline void forward_rows(const void *z, void *y, int bf16, int64_t r0, int64_t r1, int T,
+                                int pre_relu, int post_relu, const float *scale,
+                                const float *shift, const uint8_t *mask) {
+    uint8_t cut[MAX_T];
+    for (int64_t r = r0; r < r1; r++) {
+        unpack_row(mask, r * T, T, cut);
+        for (int j = 0; j < T; j++) {
+            int64_t i = r * T + j;
+            float a = load(z, i, bf16);
+            if (pre_relu) a = a > 0.f ? a : 0.f;
+            float v = affine(scale[j], a, shift[j]);
+            if (post_relu) v = v > 0.f ? v : 0.f;
+            store(y, i, cut[j] ? 0.f : v, bf16);
+        }
+    }
+}
+
+/* The gradient reaching BatchNorm's (scaled) output: dy where y was kept, else 0. Written
+   without branches so that the loops calling it vectorize. */
+static inline float kept_grad(const void *dy, int64_t i, int bf16, float a, int post_relu,
+                              float scale, float shift, uint8_t dropped) {
+    float g = load(dy, i, bf16);
+    int cut = (post_relu & !(affine(scale, a, shift) > 0.f)) | dropped;
+    return cut ? 0.f : g;
+}
+
+static inline void grad_sum_rows(const void *dy, const void *z, int bf16, int64_t r0, int64_t r1,
+                                 int T, int pre_relu, int post_relu, const float *scale,
+                                 const float *shift, const uint8_t *mask, double *s, double *q) {
+    uint8_t cut[MAX_T];
+    for (int64_t r = r0; r < r1; r++) {
+        unpack_row(mask, r * T, T, cut);
+        for (int j = 0; j < T; j++) {
+            int64_t i = r * T + j;
+            float a = load(z, i, bf16);
+            if (pre_relu) a = a > 0.f ? a : 0.f;
+            float g = kept_grad(dy, i, bf16, a, post_relu, scale[j], shift[j], cut[j]);
+            s[j] += g;
+            q[j] += (double)g * a;
+        }
+    }
+}
+
+static inline void grad_input_rows(const void *dy, const void *z, void *dz, int bf16, int64_t r0,
+                                   int64_t r1, int T, int pre_relu, int post_relu,
+                                   const float *scale, const float *shift, const uint8_t *mask,
+                                   const float *coef_g, const float *coef_a, const float *constant) {
+    uint8_t cut[MAX_T];
+    for (int64_t r = r0; r < r1; r++) {
+        unpack_row(mask, r * T, T, cut);
+        for (int j = 0; j < T; j++) {
+            int64_t i = r * T + j;
+            float zi = load(z, i, bf16);
+            int below = pre_relu & !(zi > 0.f);
+            float a = below ? 0.f : zi;
+            float g = kept_grad(dy, i, bf16, a, post_relu, scale[j], shift[j], cut[j]);
+            float d = coef_g[j] * g + coef_a[j] * a + constant[j];
+            store(dz, i, below ? 0.f : d, bf16);
+        }
+    }
+}
+
+/* Per-channel sums of the threads' [2][T] partial column sums, in a fixed order. */
+static void fold(const Block *b, const double *partial, double *first, double *second) {
+    for (int c = 0; c < b->C; c++) first[c] = second[c] = 0;
+    for (int t = 0; t < b->threads; t++)
+        for (int j = 0; j < b->T; j++) {
+            first[j % b->C] += partial[(int64_t)t * 2 * b->T + j];
+            second[j % b->C] += partial[(int64_t)t * 2 * b->T + b->T + j];
+        }
+}
+
+static void keep_partial(const Block *b, double *partial, const double *s, const double *q) {
+    double *mine = partial + (int64_t)omp_get_thread_num() * 2 * b->T;
+    memcpy(mine, s, b->T * sizeof(double));
+    memcpy(mine + b->T, q, b->T * sizeof(double));
+}
+
+/* y from z; sets the dropout mask from its hits (repeats are harmless), writes the tiled
+   scale and shift [2][T] and the channels' mean and 1/std [2][C] for the backward, and
+   moves the running statistics (NULL: not tracked) as torch's BatchNorm does. */
+void nb_forward(const Block *b, const void *z, void *y, uint8_t *mask, const int64_t *hits,
+                int64_t n_hits, const float *weight, const float *bias, float *running_mean,
+                float *running_var, double momentum, float *scale_shift, double *moments) {
+    int64_t count = b->rows * b->T / b->C;
+    double *partial = calloc((size_t)b->threads * 2 * b->T, sizeof(double));
+    memset(mask, 0, (size_t)((b->rows * b->T + 7) / 8));
+    for (int64_t i = 0; i < n_hits; i++) mask[hits[i] >> 3] |= (uint8_t)(1u << (hits[i] & 7));
+#pragma omp parallel num_threads(b->threads)
+    {
+        int64_t r0, r1;
+        thread_rows(b->rows, &r0, &r1);
+        double s[MAX_T] = {0}, q[MAX_T] = {0};
+        if (b->bf16) stats_rows(z, 1, r0, r1, b->T, b->pre_relu, s, q);
+        else stats_rows(z, 0, r0, r1, b->T, b->pre_relu, s, q);
+        keep_partial(b, partial, s, q);
+#pragma omp barrier
+#pragma omp single
+        {
+            double total[MAX_T], squares[MAX_T];
+            fold(b, partial, total, squares);
+            for (int c = 0; c < b->C; c++) {
+                double mean = total[c] / count;
+                double var = squares[c] / count - mean * mean;
+                var = var > 0 ? var : 0;
+                double invstd = 1 / sqrt(var + b->eps);
+                moments[c] = mean;
+                moments[b->C + c] = invstd;
+                for (int j = c; j < b->T; j += b->C) {
+                    scale_shift[j] = (float)(weight[c] * invstd * b->keep);
+                    scale_shift[b->T + j] = (float)((bias[c] - weight[c] * mean * invstd) * b->keep);
+                }
+                if (running_mean != NULL) {
+                    double unbiased = count > 1 ? var * count / (count - 1) : var;
+                    running_mean[c] = (float)((1 - momentum) * running_mean[c] + momentum * mean);
+                    running_var[c] = (float)((1 - momentum) * running_var[c] + momentum * unbiased);
+                }
+            }
+        }
+        if (b->bf16)
+            forward_rows(z, y, 1, r0, r1, b->T, b->pre_relu, b->post_relu, scale_shift,
+                         scale_shift + b->T, mask);
+        else
+            forward_rows(z, y, 0, r0, r1, b->T, b->pre_relu, b->post_relu, scale_shift,
+                         scale_shift + b->T, mask);
+    }
+    free(partial);
+}
+
+/* dz, and the weight and bias gradients, from dy and what the forward kept. */
+void nb_backward(const Block *b, const void *dy, const void *z, void *dz, const uint8_t *mask,
+                 const float *scale_shift, const double *moments, const float *weight,
+                 float *dweight, float *dbias) {
+    int64_t count = b->rows * b->T / b->C;
+    double *partial = calloc((size_t)b->threads * 2 * b->T, sizeof(double));
+    float coefs[3 * MAX_T];
+    const float *scale = scale_shift, *shift = scale_shift + b->T;
+#pragma omp parallel num_threads(b->threads)
+    {
+        int64_t r0, r1;
+        thread_rows(b->rows, &r0, &r1);
+        double s[MAX_T] = {0}, q[MAX_T] = {0};
+        if (b->bf16)
+            grad_sum_rows(dy, z, 1, r0, r1, b->T, b->pre_relu, b->post_relu, scale, shift, mask, s, q);
+        else
+            grad_sum_rows(dy, z, 0, r0, r1, b->T, b->pre_relu, b->post_relu, scale, shift, mask, s, q);
+        keep_partial(b, partial, s, q);
+#pragma omp barrier
+#pragma omp single
+        {
+            /* g: the gradient at the kept outputs; keep * g is the gradient at BatchNorm's
+               output. Its input gradient, expanded: da = coef_g g + coef_a a + constant. */
+            double sum_g[MAX_T], sum_ga[MAX_T];
+            fold(b, partial, sum_g, sum_ga);
+            for (int c = 0; c < b->C; c++) {
+                double mean = moments[c], invstd = moments[b->C + c], w = weight[c];
+                double dbeta = b->keep * sum_g[c];
+                double dgamma = b->keep * invstd * (sum_ga[c] - mean * sum_g[c]);
+                double coef_a = -w * invstd * invstd * dgamma / count;
+                double constant = -w * invstd * dbeta / count - coef_a * mean;
+                dweight[c] = (float)dgamma;
+                dbias[c] = (float)dbeta;
+                for (int j = c; j < b->T; j += b->C) {
+                    coefs[j] = (float)(w * invstd * b->keep);
+                    coefs[b->T + j] = (float)coef_a;
+                    coefs[2 * b->T + j] = (float)constant;
+                }
+            }
+        }
+        if (b->bf16)
+            grad_input_rows(dy, z, dz, 1, r0, r1, b->T, b->pre_relu, b->post_relu, scale, shift,
+                            mask, coefs, coefs + b->T, coefs + 2 * b->T);
+        else
+            grad_input_rows(dy, z, dz, 0, r0, r1, b->T, b->pre_relu, b->post_relu, scale, shift,
+                            mask, coefs, coefs + b->T, coefs + 2 * b->T);
+    }
+    free(partial);
+}
