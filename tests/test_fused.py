@@ -102,11 +102,11 @@ def test_every_step_trains_the_same_fused_or_not(name: str, monkeypatch) -> None
 def test_fused_block_at_shapes_whose_rows_are_not_whole_bytes_of_the_dropout_mask() -> None:
     """7 channels at an odd number of positions: rows of 7 values, so a row's dropout bits
     start mid-byte (the kernels' slow path), and the threads' row ranges are uneven."""
+    assert fused.tile_factor(7, 5 * 5 * 5) * 7 % 8 != 0
     torch.manual_seed(0)
     block = Conv(3, 7, 3, order="crbd", dropout=0.2).to(memory_format=torch.channels_last)
     x = torch.randn(5, 3, 7, 7).contiguous(memory_format=torch.channels_last)
     g = torch.randn(5, 7, 5, 5)
-    assert fused.tile_factor(7, 5 * 5 * 5) * 7 % 8 != 0
     got = _train_block(copy.deepcopy(block), x, g, False, fuse=True)
     want = _train_block(block.double(), x.double(), g.double(), False, fuse=False)
     assert torch.equal(got[0] == 0, want[0] == 0)
@@ -137,6 +137,28 @@ def test_kernels_are_built_once_per_machine_and_missed_only_for_speed(monkeypatc
         fused.kernels.cache_clear()
 
 
+@pytest.mark.parametrize("amp", [False, True])
+def test_eval_runs_fused_with_the_running_statistics(amp: bool, monkeypatch) -> None:
+    calls = _spy_on_norm_block(monkeypatch)
+    step = steps.get("step6")
+    torch.manual_seed(0)
+    model = layout.apply(step.build(), "cl")
+    x = torch.randn(64, 1, 28, 28)
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)  # running statistics that are not the initial ones
+        model.eval()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            got = model(x)
+        assert calls
+        for block in model.modules():
+            if isinstance(block, Conv):
+                block.fused = False
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            want = model(x)
+    assert (got.double() - want.double()).abs().max() <= (3e-2 if amp else 1e-4) * want.abs().max()
+
+
 def test_fusable_orders() -> None:
     for order in ORDERS:
         assert fused.fusable(order), order
@@ -159,7 +181,7 @@ def test_fused_path_runs_only_where_it_computes_the_same(monkeypatch) -> None:
     assert len(calls) == 1
     block(x)  # NCHW
     block.eval()
-    block(x.contiguous(memory_format=torch.channels_last))  # eval
+    block(x.contiguous(memory_format=torch.channels_last))  # eval wanting a gradient
     block.train()
     handle = block[1].register_forward_hook(lambda *a: None)  # someone watching a layer
     block(x.contiguous(memory_format=torch.channels_last))

@@ -1,4 +1,4 @@
-"""BatchNorm with its neighbouring ReLU and dropout as one autograd function, for CPU training.
+"""BatchNorm with its neighbouring ReLU and dropout as one operation on the CPU.
 
 Why by hand: run as modules, a Step 6 block is about eight passes over its activation map
 forward and backward (ReLU, statistics, normalization, dropout mask and multiply, and their
@@ -11,8 +11,9 @@ gradient backward, with the ReLUs and the dropout applied in the same loops and 
 kept as one bit an element. The map is viewed as rows of `tile` = C * k values (k copies of
 the channel vector) so the loops run at full vector width; the k column sums fold into the
 C channel sums exactly. Sums are in double, statistics and weight gradients in fp32 or
-better whatever the activations' precision. `Conv.forward` (models.py) uses it when training
-on the CPU in channels-last; everything else (eval, CUDA, other layouts, hooks, a machine
+better whatever the activations' precision. `Conv.forward` (models.py) uses it on the CPU in
+channels-last, training and evaluating (in eval only where no gradient is wanted: it has no
+backward there); everything else (CUDA, other layouts, hooks, a machine
 without a C compiler) runs the modules one by one.
 """
 
@@ -105,12 +106,21 @@ class _Block(ctypes.Structure):
 
     _fields_ = [("rows", ctypes.c_int64), ("T", ctypes.c_int32), ("C", ctypes.c_int32),
                 ("bf16", ctypes.c_int32), ("pre_relu", ctypes.c_int32),
-                ("post_relu", ctypes.c_int32), ("threads", ctypes.c_int32),
+                ("post_relu", ctypes.c_int32), ("train", ctypes.c_int32), ("threads", ctypes.c_int32),
                 ("keep", ctypes.c_double), ("eps", ctypes.c_double)]
 
 
 def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:
     return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def _block(z: torch.Tensor, bn: nn.BatchNorm2d, pre_relu: bool, post_relu: bool, *, train: bool,
+           keep: float) -> _Block:
+    n, c, h, w = z.shape
+    k = tile_factor(c, n * h * w)
+    return _Block(rows=z.numel() // (c * k), T=c * k, C=c, bf16=z.dtype == torch.bfloat16,
+                  pre_relu=pre_relu, post_relu=post_relu, train=train,
+                  threads=torch.get_num_threads(), keep=keep, eps=bn.eps)
 
 
 class _NormBlock(torch.autograd.Function):
@@ -120,11 +130,8 @@ class _NormBlock(torch.autograd.Function):
     @staticmethod
     @torch.autocast("cpu", enabled=False)  # bf16 activations, fp32 statistics and parameters
     def forward(ctx, z, weight, bias, bn, pre_relu, post_relu, keep, hits):
-        n, c, h, w = z.shape
-        k = tile_factor(c, n * h * w)
-        block = _Block(rows=z.numel() // (c * k), T=c * k, C=c, bf16=z.dtype == torch.bfloat16,
-                       pre_relu=pre_relu, post_relu=post_relu, threads=torch.get_num_threads(),
-                       keep=keep, eps=bn.eps)
+        block = _block(z, bn, pre_relu, post_relu, train=True, keep=keep)
+        c = block.C
         y = torch.empty_like(z)
         mask = torch.empty((z.numel() + 7) // 8, dtype=torch.uint8)  # the dropout, a bit each
         scale_shift = torch.empty(2, block.T)
@@ -161,10 +168,13 @@ def fusable(order: str) -> bool:
             and order.count("r") <= 1 and order.count("d") <= 1)
 
 
-def can_fuse(x: torch.Tensor, bn: nn.Module, training: bool) -> bool:
-    return (training and x.device.type == "cpu" and x.dim() == 4
-            and x.dtype in (torch.float32, torch.bfloat16)  # what normblock.c reads
+def can_fuse(x: torch.Tensor, bn: nn.Module) -> bool:
+    """Whether normblock.c computes this block: on the CPU, channels-last, fp32 or bf16, a
+    plain BatchNorm; in eval only where no gradient is wanted (it has no backward there)."""
+    wants_grad = torch.is_grad_enabled() and (x.requires_grad or bn.weight.requires_grad)
+    return (x.device.type == "cpu" and x.dim() == 4 and (bn.training or not wants_grad)
             and x.shape[1] <= MAX_TILE
+            and x.dtype in (torch.float32, torch.bfloat16)  # what normblock.c reads
             and x.is_contiguous(memory_format=torch.channels_last)
             and type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats
             and bn.weight.dtype == bn.running_mean.dtype == torch.float32
@@ -173,8 +183,15 @@ def can_fuse(x: torch.Tensor, bn: nn.Module, training: bool) -> bool:
 
 def norm_block(z: torch.Tensor, bn: nn.BatchNorm2d, *, pre_relu: bool, post_relu: bool,
                p: float) -> torch.Tensor:
-    """`bn`'s training forward on channels-last `z` with the ReLU before and/or after it and a
-    dropout of rate p (0: none); updates `bn`'s running statistics as torch does."""
+    """`bn` on channels-last `z` with the ReLU before and/or after it and a dropout of rate p
+    (0: none). Training updates `bn`'s running statistics as torch does; eval uses them."""
+    if not bn.training:
+        block = _block(z, bn, pre_relu, post_relu, train=False, keep=1.0)
+        y, scale_shift = torch.empty_like(z), torch.empty(2, block.T)
+        kernels().nb_forward(block, _ptr(z), _ptr(y), None, None, 0, _ptr(bn.weight),
+                             _ptr(bn.bias), _ptr(bn.running_mean), _ptr(bn.running_var), 0.0,
+                             _ptr(scale_shift), None)
+        return y
     hits = dropout_hits(z.numel(), p) if p > 0 else None
     keep = 1 / (1 - p) if p > 0 else 1.0
     return _NormBlock.apply(z, bn.weight, bn.bias, bn, pre_relu, post_relu, keep, hits)

@@ -22,7 +22,7 @@
 typedef struct {
     int64_t rows;  /* the map is rows x T values */
     int32_t T, C;  /* T = C * k */
-    int32_t bf16, pre_relu, post_relu, threads;
+    int32_t bf16, pre_relu, post_relu, train, threads;
     double keep;   /* the dropout's 1 / (1 - p), or 1 */
     double eps;
 } Block;
@@ -63,7 +63,9 @@ static inline float affine(float s, float a, float b) {
    bytes, which vectorize, where bits at a moving offset do not. Eight bits spread to eight
    bytes with one multiply (bit 7 apart: the multiply carries it out of its byte). */
 static inline void unpack_row(const uint8_t *mask, int64_t base, int T, uint8_t *cut) {
-    if (((base | T) & 7) == 0) {
+    if (mask == NULL) {
+        memset(cut, 0, T);
+    } else if (((base | T) & 7) == 0) {
         for (int j = 0; j < T; j += 8) {
             uint8_t b = mask[(base + j) >> 3];
             uint64_t w = (((uint64_t)(b & 0x7F) * 0x0002040810204081ULL) & 0x0101010101010101ULL)
@@ -170,41 +172,48 @@ static void keep_partial(const Block *b, double *partial, const double *s, const
     memcpy(mine + b->T, q, b->T * sizeof(double));
 }
 
-/* y from z; sets the dropout mask from its hits (repeats are harmless), writes the tiled
-   scale and shift [2][T] and the channels' mean and 1/std [2][C] for the backward, and
-   moves the running statistics (NULL: not tracked) as torch's BatchNorm does. */
+/* y from z. Training: the batch's statistics; sets the dropout mask from its hits (repeats
+   are harmless), writes the tiled scale and shift [2][T] and the channels' mean and 1/std
+   [2][C] for the backward, and moves the running statistics as torch's BatchNorm does.
+   Eval: the running statistics, no mask, nothing kept. */
 void nb_forward(const Block *b, const void *z, void *y, uint8_t *mask, const int64_t *hits,
                 int64_t n_hits, const float *weight, const float *bias, float *running_mean,
                 float *running_var, double momentum, float *scale_shift, double *moments) {
     int64_t count = b->rows * b->T / b->C;
     double *partial = calloc((size_t)b->threads * 2 * b->T, sizeof(double));
-    memset(mask, 0, (size_t)((b->rows * b->T + 7) / 8));
-    for (int64_t i = 0; i < n_hits; i++) mask[hits[i] >> 3] |= (uint8_t)(1u << (hits[i] & 7));
+    if (b->train) {
+        memset(mask, 0, (size_t)((b->rows * b->T + 7) / 8));
+        for (int64_t i = 0; i < n_hits; i++) mask[hits[i] >> 3] |= (uint8_t)(1u << (hits[i] & 7));
+    } else {
+        mask = NULL;
+    }
 #pragma omp parallel num_threads(b->threads)
     {
         int64_t r0, r1;
         thread_rows(b->rows, &r0, &r1);
-        double s[MAX_T] = {0}, q[MAX_T] = {0};
-        if (b->bf16) stats_rows(z, 1, r0, r1, b->T, b->pre_relu, s, q);
-        else stats_rows(z, 0, r0, r1, b->T, b->pre_relu, s, q);
-        keep_partial(b, partial, s, q);
+        if (b->train) {
+            double s[MAX_T] = {0}, q[MAX_T] = {0};
+            if (b->bf16) stats_rows(z, 1, r0, r1, b->T, b->pre_relu, s, q);
+            else stats_rows(z, 0, r0, r1, b->T, b->pre_relu, s, q);
+            keep_partial(b, partial, s, q);
+        }
 #pragma omp barrier
 #pragma omp single
         {
             double total[MAX_T], squares[MAX_T];
             fold(b, partial, total, squares);
             for (int c = 0; c < b->C; c++) {
-                double mean = total[c] / count;
-                double var = squares[c] / count - mean * mean;
+                double mean = b->train ? total[c] / count : running_mean[c];
+                double var = b->train ? squares[c] / count - mean * mean : running_var[c];
                 var = var > 0 ? var : 0;
                 double invstd = 1 / sqrt(var + b->eps);
-                moments[c] = mean;
-                moments[b->C + c] = invstd;
                 for (int j = c; j < b->T; j += b->C) {
                     scale_shift[j] = (float)(weight[c] * invstd * b->keep);
                     scale_shift[b->T + j] = (float)((bias[c] - weight[c] * mean * invstd) * b->keep);
                 }
-                if (running_mean != NULL) {
+                if (b->train) {
+                    moments[c] = mean;
+                    moments[b->C + c] = invstd;
                     double unbiased = count > 1 ? var * count / (count - 1) : var;
                     running_mean[c] = (float)((1 - momentum) * running_mean[c] + momentum * mean);
                     running_var[c] = (float)((1 - momentum) * running_var[c] + momentum * unbiased);
