@@ -13,7 +13,7 @@ from torch import nn
 
 from mnist_ladder import fused, layout, steps
 from mnist_ladder import train as T
-from mnist_ladder.models import BatchNormNCHW, Conv
+from mnist_ladder.models import BatchNormNCHW, Conv, MaxPool2d
 
 ORDERS = ["crbd", "cbrd", "cbdr", "cbr", "crb", "cb", "cbd"]
 
@@ -159,6 +159,34 @@ def test_eval_runs_fused_with_the_running_statistics(amp: bool, monkeypatch) -> 
     assert (got.double() - want.double()).abs().max() <= (3e-2 if amp else 1e-4) * want.abs().max()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("size", [(12, 12), (13, 7), (2, 3)])  # odd: a row or column uncovered
+def test_max_pool_is_torchs_bit_for_bit(dtype: torch.dtype, size: tuple[int, int]) -> None:
+    """Values and gradient routes as torch's: ties (every window of a 2x-upsampled map is
+    tied) to the first in row-major order, NaN winning its window."""
+    torch.manual_seed(0)
+    h, w = size
+    x = torch.randn(3, 10, (h + 1) // 2, (w + 1) // 2).repeat_interleave(2, 2).repeat_interleave(2, 3)
+    x = x[:, :, :h, :w].clone()
+    x[0, 0, 0, 1] = float("nan")
+    x[1, 3] = torch.randn(h, w)  # untied channels too
+    x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    pool = MaxPool2d(2)
+    assert fused.can_pool(x, pool)
+    g = torch.randn(3, 10, h // 2, w // 2).to(dtype)
+    results = []
+    for fast in (True, False):
+        xi = x.detach().requires_grad_()
+        out = pool(xi) if fast else nn.functional.max_pool2d(xi, 2)
+        out.backward(g)
+        results.append((out, xi.grad))
+    (got, got_grad), (want, want_grad) = results
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got.isnan(), want.isnan()) and got.isnan().any()
+    assert torch.equal(got.nan_to_num(), want.nan_to_num())
+    assert torch.equal(got_grad, want_grad)
+
+
 def test_fusable_orders() -> None:
     for order in ORDERS:
         assert fused.fusable(order), order
@@ -202,8 +230,10 @@ def test_training_steps_stop_page_faulting_their_activations() -> None:
     T.keep_freed_memory()
     for _ in range(5):
         T.optimizer_step(model, opt, x, y, step.recipe, amp=False)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(10):
-        T.optimizer_step(model, opt, x, y, step.recipe, amp=False)
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
-    assert faults < 100  # about 2,000 a step with glibc's default thresholds
+    per_step = []
+    for _ in range(5):  # the median of five windows: a one-off fault burst elsewhere is not this
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(4):
+            T.optimizer_step(model, opt, x, y, step.recipe, amp=False)
+        per_step.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4)
+    assert sorted(per_step)[2] < 100, per_step  # about 2,000 a step with glibc's defaults

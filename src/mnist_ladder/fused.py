@@ -82,7 +82,11 @@ def kernels() -> ctypes.CDLL | None:
     built.nb_forward.argtypes = [block, ptr, ptr, ptr, ptr, ctypes.c_int64, ptr, ptr, ptr, ptr,
                                  ctypes.c_double, ptr, ptr]
     built.nb_backward.argtypes = [block, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
-    built.nb_forward.restype = built.nb_backward.restype = None
+    sizes = [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int]  # n, h, w, c, element size, threads
+    built.mp_forward.argtypes = [ptr, ptr, ptr, *sizes]
+    built.mp_backward.argtypes = [ptr, ptr, ptr, *sizes]
+    for fn in (built.nb_forward, built.nb_backward, built.mp_forward, built.mp_backward):
+        fn.restype = None
     return built
 
 
@@ -161,6 +165,11 @@ def _momentum(bn: nn.BatchNorm2d) -> float:
     return bn.momentum if bn.momentum is not None else 1 / float(bn.num_batches_tracked)
 
 
+def _traced() -> bool:
+    """torch.compile, torch.export and torch.jit.trace must see torch operations, not a C call."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def fusable(order: str) -> bool:
     """Whether a block is conv, [ReLU], BatchNorm, [ReLU and dropout in either order]: what
     `norm_block` computes (dropout commutes with a ReLU: both keep zeros, the scale is > 0)."""
@@ -178,7 +187,7 @@ def can_fuse(x: torch.Tensor, bn: nn.Module) -> bool:
             and x.is_contiguous(memory_format=torch.channels_last)
             and type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats
             and bn.weight.dtype == bn.running_mean.dtype == torch.float32
-            and not torch.compiler.is_compiling() and kernels() is not None)
+            and not _traced() and kernels() is not None)
 
 
 def norm_block(z: torch.Tensor, bn: nn.BatchNorm2d, *, pre_relu: bool, post_relu: bool,
@@ -195,3 +204,47 @@ def norm_block(z: torch.Tensor, bn: nn.BatchNorm2d, *, pre_relu: bool, post_relu
     hits = dropout_hits(z.numel(), p) if p > 0 else None
     keep = 1 / (1 - p) if p > 0 else 1.0
     return _NormBlock.apply(z, bn.weight, bn.bias, bn, pre_relu, post_relu, keep, hits)
+
+
+# ---------------------------------------------------------------- the 2x2 max-pool
+
+
+class _MaxPool(torch.autograd.Function):
+    """torch's 2x2, stride-2 max-pool on a channels-last map, winners kept as a byte each."""
+
+    @staticmethod
+    def forward(ctx, x):
+        n, c, h, w = x.shape
+        out = torch.empty(n, c, h // 2, w // 2, dtype=x.dtype, memory_format=torch.channels_last)
+        code = torch.empty(out.numel(), dtype=torch.uint8)
+        kernels().mp_forward(_ptr(x), _ptr(out), _ptr(code), n, h, w, c, x.element_size(),
+                             torch.get_num_threads())
+        ctx.save_for_backward(code)
+        ctx.shape = x.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (code,) = ctx.saved_tensors
+        n, c, h, w = ctx.shape
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        grad_in = torch.empty(n, c, h, w, dtype=grad.dtype, memory_format=torch.channels_last)
+        kernels().mp_backward(_ptr(grad), _ptr(code), _ptr(grad_in), n, h, w, c,
+                              grad.element_size(), torch.get_num_threads())
+        return grad_in
+
+
+def can_pool(x: torch.Tensor, pool: nn.MaxPool2d) -> bool:
+    """Whether normblock.c's max-pool computes `pool` on x: 2x2, stride 2, no padding, on the
+    CPU in channels-last, fp32 or bf16."""
+    return (x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16)
+            and x.shape[2] >= 2 and x.shape[3] >= 2
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not pool.return_indices and not pool.ceil_mode
+            and all(v in (2, (2, 2)) for v in (pool.kernel_size, pool.stride))
+            and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1))
+            and not _traced() and kernels() is not None)
+
+
+def max_pool(x: torch.Tensor) -> torch.Tensor:
+    return _MaxPool.apply(x)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .data import machine_cache_dir
-from .models import BatchNormNCHW, MaxPoolCL
+from .models import BatchNormNCHW, MaxPool2d, MaxPoolCL
 from .steps import Recipe, Step
 from .train import (
     ConfigError,
@@ -75,8 +75,8 @@ def apply(model: nn.Module, name: str) -> nn.Module:
     for module in model.modules():
         if layout.batchnorm_nchw and type(module) is nn.BatchNorm2d:
             module.__class__ = BatchNormNCHW
-        if layout.pool_channels_last and type(module) is nn.MaxPool2d:
-            module.__class__ = MaxPoolCL
+        if type(module) is nn.MaxPool2d:
+            module.__class__ = MaxPoolCL if layout.pool_channels_last else MaxPool2d
     fmt = torch.channels_last if layout.channels_last else torch.contiguous_format
     return model.to(memory_format=fmt)
 

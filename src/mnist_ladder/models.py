@@ -58,10 +58,20 @@ def _storage_offsets(hits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return k.mul_(hw).add_(q, alpha=1 - c * hw).add_(n, alpha=c * hw - hw).long()
 
 
-class MaxPoolCL(nn.MaxPool2d):
-    """`nn.MaxPool2d` run on a channels-last copy of an NCHW input, the result returned NCHW:
+class MaxPool2d(nn.MaxPool2d):
+    """`nn.MaxPool2d`, with a 2x2 one on a channels-last CPU map run by `fused.max_pool`
+    (fused.py says why). `layout.apply` swaps it in; it prints and loads as the original."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused.can_pool(x, self):
+            return fused.max_pool(x)
+        return super().forward(x)
+
+
+class MaxPoolCL(MaxPool2d):
+    """A max-pool run on a channels-last copy of an NCHW input, the result returned NCHW:
     torch's NCHW max-pool on the CPU was several times slower than its channels-last one plus
-    the two copies (`benchmarks/speed.py --ablate`). Gradients are torch's own."""
+    the two copies (`benchmarks/speed.py --ablate`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.is_contiguous(memory_format=torch.channels_last):

@@ -279,3 +279,119 @@ void nb_backward(const Block *b, const void *dy, const void *z, void *dz, const 
     }
     free(partial);
 }
+
+/* ------------------------------------------------------------------- 2x2 max-pool, stride 2 */
+
+/* torch's 2x2 max-pool, channels-last: the first maximum in row-major window order wins ties,
+   a NaN wins over any number. Keeps the winner as one byte (0-3) where torch keeps an int64
+   index, and its backward writes every input gradient once where torch zero-fills them all
+   and then scatters: the two were a tenth of a Step 6 training step. Values are moved as bits
+   (2 or 4 bytes), compared as floats. */
+/* One output row from its two input rows. Functions of restrict parameters, one per element
+   type, so that the compiler knows the rows do not overlap and vectorizes over channels. */
+#define POOL_ROW(NAME, T, TO_FLOAT)                                                             \
+    static inline void NAME(const T *restrict top, const T *restrict bottom, T *restrict y,     \
+                            uint8_t *restrict k, int64_t wo, int64_t C) {                       \
+        for (int64_t ow = 0; ow < wo; ow++)                                                     \
+            for (int64_t c = 0; c < C; c++) {                                                   \
+                int64_t left = 2 * ow * C + c, right = left + C;                                \
+                T best = top[left];                                                             \
+                float fb = TO_FLOAT(best);                                                      \
+                uint8_t win = 0;                                                                \
+                float f1 = TO_FLOAT(top[right]), f2 = TO_FLOAT(bottom[left]),                   \
+                      f3 = TO_FLOAT(bottom[right]);                                             \
+                int t1 = f1 > fb || isnan(f1);                                                  \
+                best = t1 ? top[right] : best, fb = t1 ? f1 : fb, win = t1 ? 1 : win;           \
+                int t2 = f2 > fb || isnan(f2);                                                  \
+                best = t2 ? bottom[left] : best, fb = t2 ? f2 : fb, win = t2 ? 2 : win;         \
+                int t3 = f3 > fb || isnan(f3);                                                  \
+                best = t3 ? bottom[right] : best, win = t3 ? 3 : win;                           \
+                y[ow * C + c] = best;                                                           \
+                k[ow * C + c] = win;                                                            \
+            }                                                                                   \
+    }
+
+/* The channel loops are short (C = 8-32) and a loop of unknown length that short runs as
+   scalar code after the vectorizer's alignment peeling; called with C a constant instead, each
+   is a few whole vectors. `WITH_C(call)` runs `call` with C one of the ladder's widths. */
+#define WITH_C(call)                                                                            \
+    switch (C) {                                                                                \
+    case 8: { const int64_t C = 8; call; } break;                                               \
+    case 10: { const int64_t C = 10; call; } break;                                             \
+    case 12: { const int64_t C = 12; call; } break;                                             \
+    case 16: { const int64_t C = 16; call; } break;                                             \
+    case 20: { const int64_t C = 20; call; } break;                                             \
+    case 24: { const int64_t C = 24; call; } break;                                             \
+    case 32: { const int64_t C = 32; call; } break;                                             \
+    default: call;                                                                              \
+    }
+
+static inline float bits_to_float(uint16_t u) { return load(&u, 0, 1); }
+static inline float as_float(float f) { return f; }
+POOL_ROW(pool_row_bf16, uint16_t, bits_to_float)
+POOL_ROW(pool_row_f32, float, as_float)
+
+/* out [n, h/2, w/2, C] and code (the winners) from x [n, h, w, C]; elem_bytes 2 (bf16) or 4. */
+void mp_forward(const void *x, void *out, uint8_t *code, int64_t n_images, int64_t h, int64_t w,
+                int64_t C, int elem_bytes, int threads) {
+    int64_t ho = h / 2, wo = w / 2;
+#pragma omp parallel num_threads(threads)
+    {
+        int64_t o0, o1;
+        thread_rows(n_images * ho, &o0, &o1);
+        for (int64_t o = o0; o < o1; o++) {
+            int64_t top = ((o / ho) * h + 2 * (o % ho)) * w * C; /* input row 2 * oh */
+            if (elem_bytes == 2)
+                WITH_C(pool_row_bf16((const uint16_t *)x + top, (const uint16_t *)x + top + w * C,
+                                     (uint16_t *)out + o * wo * C, code + o * wo * C, wo, C))
+            else
+                WITH_C(pool_row_f32((const float *)x + top, (const float *)x + top + w * C,
+                                    (float *)out + o * wo * C, code + o * wo * C, wo, C))
+        }
+    }
+}
+
+/* Two input rows' gradients from one pooled row: each window's gradient to its winner. */
+#define UNPOOL_ROW(NAME, T)                                                                     \
+    static inline void NAME(const T *restrict g, const uint8_t *restrict k, T *restrict dx,     \
+                            int64_t wo, int64_t C, uint8_t first) {                             \
+        for (int64_t ow = 0; ow < wo; ow++)                                                     \
+            for (int64_t c = 0; c < C; c++) {                                                   \
+                T gc = g[ow * C + c];                                                           \
+                uint8_t kc = k[ow * C + c];                                                     \
+                dx[2 * ow * C + c] = kc == first ? gc : 0;                                      \
+                dx[(2 * ow + 1) * C + c] = kc == first + 1 ? gc : 0;                            \
+            }                                                                                   \
+    }
+
+UNPOOL_ROW(unpool_row_16, uint16_t)
+UNPOOL_ROW(unpool_row_32, uint32_t)
+
+/* grad_in [n, h, w, C] from grad_out [n, h/2, w/2, C]: each window's gradient to its winner,
+   0 elsewhere (and in a row or column no window covers). Zero bits are 0.0 in both
+   precisions, so values move as bits. */
+void mp_backward(const void *grad_out, const uint8_t *code, void *grad_in, int64_t n_images,
+                 int64_t h, int64_t w, int64_t C, int elem_bytes, int threads) {
+    int64_t ho = h / 2, wo = w / 2;
+#pragma omp parallel num_threads(threads)
+    {
+        int64_t r0, r1;
+        thread_rows(n_images * h, &r0, &r1);
+        for (int64_t r = r0; r < r1; r++) {
+            int64_t n = r / h, ih = r % h, pooled = (n * ho + ih / 2) * wo * C;
+            char *dx = (char *)grad_in + r * w * C * elem_bytes;
+            if (ih >= 2 * ho) {
+                memset(dx, 0, w * C * elem_bytes);
+                continue;
+            }
+            uint8_t first = (uint8_t)(2 * (ih & 1));
+            if (elem_bytes == 2)
+                WITH_C(unpool_row_16((const uint16_t *)grad_out + pooled, code + pooled,
+                                     (uint16_t *)dx, wo, C, first))
+            else
+                WITH_C(unpool_row_32((const uint32_t *)grad_out + pooled, code + pooled,
+                                     (uint32_t *)dx, wo, C, first))
+            memset(dx + 2 * wo * C * elem_bytes, 0, (w - 2 * wo) * C * elem_bytes);
+        }
+    }
+}
