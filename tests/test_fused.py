@@ -121,7 +121,7 @@ def test_kernels_are_built_once_per_machine_and_missed_only_for_speed(monkeypatc
     fused.kernels.cache_clear()
     try:
         assert fused.kernels() is not None
-        assert len(list((tmp_path / "kernels").glob("normblock-*.so"))) == 1
+        assert len(list((tmp_path / "kernels").glob("kernels-*.so"))) == 1
         fused.kernels.cache_clear()
         assert fused.kernels() is not None  # the same build, found
         assert len(list((tmp_path / "kernels").glob("*"))) == 1

@@ -1,11 +1,12 @@
-"""BatchNorm with its neighbouring ReLU and dropout as one operation on the CPU.
+"""BatchNorm with its neighbouring ReLU and dropout as one operation on the CPU, and a 2x2
+max-pool (`max_pool`), both in C (`kernels.c`).
 
 Why by hand: run as modules, a Step 6 block is about eight passes over its activation map
 forward and backward (ReLU, statistics, normalization, dropout mask and multiply, and their
 gradients), and on these small maps each pass costs what it reads and writes in memory, not
 its arithmetic. torch has no fused CPU kernel for this (torch.compile's would be, but it lost
 overall here: `benchmarks/speed.py --ablate`), and its channels-last BatchNorm walks the map
-C values at a time, slow at the ladder's 8-20 channels. So `normblock.c` does it in four
+C values at a time, slow at the ladder's 8-20 channels. So `kernels.c` does it in four
 passes: statistics and the normalized output forward, the gradient's sums and the input
 gradient backward, with the ReLUs and the dropout applied in the same loops and the dropout
 kept as one bit an element. The map is viewed as rows of `tile` = C * k values (k copies of
@@ -36,7 +37,7 @@ from torch import nn
 from .data import machine_cache_dir
 
 MAX_TILE = 128  # values a row: full vector registers, and any batch size divides it out
-SOURCE = Path(__file__).with_name("normblock.c")
+SOURCE = Path(__file__).with_name("kernels.c")
 # -march=native: built on the machine that runs it, for its vector width. No fast-math: the
 # results must be torch's arithmetic; -fno-trapping-math only lets the ReLU's selects vectorize.
 CFLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math",
@@ -54,7 +55,7 @@ def _cpu_flags() -> str:
 
 @functools.cache
 def kernels() -> ctypes.CDLL | None:
-    """normblock.c compiled for this CPU with the system C compiler ($CC, else cc), once:
+    """kernels.c compiled for this CPU with the system C compiler ($CC, else cc), once:
     cached by source, compiler, flags and CPU in the machine cache folder. None where it
     cannot be built; the blocks then run as modules."""
     cc = os.environ.get("CC", "cc")
@@ -63,7 +64,7 @@ def kernels() -> ctypes.CDLL | None:
                                  check=True).stdout
         key = hashlib.sha256("\0".join([SOURCE.read_text(), version, *CFLAGS, _cpu_flags()])
                              .encode()).hexdigest()[:16]
-        lib = machine_cache_dir() / "kernels" / f"normblock-{key}.so"
+        lib = machine_cache_dir() / "kernels" / f"kernels-{key}.so"
         if not lib.exists():
             lib.parent.mkdir(parents=True, exist_ok=True)
             tmp = lib.with_name(f".{lib.name}.{os.getpid()}.tmp")
@@ -74,8 +75,8 @@ def kernels() -> ctypes.CDLL | None:
         built = ctypes.CDLL(str(lib))
     except (OSError, subprocess.CalledProcessError) as e:
         detail = getattr(e, "stderr", "") or e
-        warnings.warn(f"the fused BatchNorm kernels could not be built ({detail}); "
-                      "BatchNorm blocks run as torch modules, more slowly", stacklevel=2)
+        warnings.warn(f"the CPU kernels (kernels.c) could not be built ({detail}); BatchNorm "
+                      "blocks and max-pools run as torch modules, more slowly", stacklevel=2)
         return None
     ptr = ctypes.c_void_p
     block = ctypes.POINTER(_Block)
@@ -106,7 +107,7 @@ def dropout_hits(n: int, p: float) -> torch.Tensor:
 
 
 class _Block(ctypes.Structure):
-    """normblock.c's `Block`: a map's shape as rows of `T` values, and the block's settings."""
+    """kernels.c's `Block`: a map's shape as rows of `T` values, and the block's settings."""
 
     _fields_ = [("rows", ctypes.c_int64), ("T", ctypes.c_int32), ("C", ctypes.c_int32),
                 ("bf16", ctypes.c_int32), ("pre_relu", ctypes.c_int32),
@@ -178,12 +179,12 @@ def fusable(order: str) -> bool:
 
 
 def can_fuse(x: torch.Tensor, bn: nn.Module) -> bool:
-    """Whether normblock.c computes this block: on the CPU, channels-last, fp32 or bf16, a
+    """Whether kernels.c computes this block: on the CPU, channels-last, fp32 or bf16, a
     plain BatchNorm; in eval only where no gradient is wanted (it has no backward there)."""
     wants_grad = torch.is_grad_enabled() and (x.requires_grad or bn.weight.requires_grad)
     return (x.device.type == "cpu" and x.dim() == 4 and (bn.training or not wants_grad)
             and x.shape[1] <= MAX_TILE
-            and x.dtype in (torch.float32, torch.bfloat16)  # what normblock.c reads
+            and x.dtype in (torch.float32, torch.bfloat16)  # what kernels.c reads
             and x.is_contiguous(memory_format=torch.channels_last)
             and type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats
             and bn.weight.dtype == bn.running_mean.dtype == torch.float32
@@ -235,7 +236,7 @@ class _MaxPool(torch.autograd.Function):
 
 
 def can_pool(x: torch.Tensor, pool: nn.MaxPool2d) -> bool:
-    """Whether normblock.c's max-pool computes `pool` on x: 2x2, stride 2, no padding, on the
+    """Whether kernels.c's max-pool computes `pool` on x: 2x2, stride 2, no padding, on the
     CPU in channels-last, fp32 or bf16."""
     return (x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16)
             and x.shape[2] >= 2 and x.shape[3] >= 2
