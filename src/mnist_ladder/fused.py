@@ -181,6 +181,8 @@ def fusable(order: str) -> bool:
 def can_fuse(x: torch.Tensor, bn: nn.Module) -> bool:
     """Whether kernels.c computes this block: on the CPU, channels-last, fp32 or bf16, a
     plain BatchNorm; in eval only where no gradient is wanted (it has no backward there)."""
+    if _traced():  # first: a tracer would record the shape tests below
+        return False
     wants_grad = torch.is_grad_enabled() and (x.requires_grad or bn.weight.requires_grad)
     return (x.device.type == "cpu" and x.dim() == 4 and (bn.training or not wants_grad)
             and x.shape[1] <= MAX_TILE
@@ -188,7 +190,7 @@ def can_fuse(x: torch.Tensor, bn: nn.Module) -> bool:
             and x.is_contiguous(memory_format=torch.channels_last)
             and type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats
             and bn.weight.dtype == bn.running_mean.dtype == torch.float32
-            and not _traced() and kernels() is not None)
+            and kernels() is not None)
 
 
 def norm_block(z: torch.Tensor, bn: nn.BatchNorm2d, *, pre_relu: bool, post_relu: bool,
@@ -238,13 +240,15 @@ class _MaxPool(torch.autograd.Function):
 def can_pool(x: torch.Tensor, pool: nn.MaxPool2d) -> bool:
     """Whether kernels.c's max-pool computes `pool` on x: 2x2, stride 2, no padding, on the
     CPU in channels-last, fp32 or bf16."""
+    if _traced():  # first: a tracer would record the shape tests below
+        return False
     return (x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16)
             and x.shape[2] >= 2 and x.shape[3] >= 2
             and x.is_contiguous(memory_format=torch.channels_last)
             and not pool.return_indices and not pool.ceil_mode
             and all(v in (2, (2, 2)) for v in (pool.kernel_size, pool.stride))
             and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1))
-            and not _traced() and kernels() is not None)
+            and kernels() is not None)
 
 
 def max_pool(x: torch.Tensor) -> torch.Tensor:
