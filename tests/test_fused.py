@@ -13,6 +13,7 @@ from torch import nn
 
 from mnist_ladder import fused, layout, steps
 from mnist_ladder import train as T
+from mnist_ladder.augment import SEED_AUGMENT, Augment
 from mnist_ladder.models import BatchNormNCHW, Conv, MaxPool2d
 
 ORDERS = ["crbd", "cbrd", "cbdr", "cbr", "crb", "cb", "cbd"]
@@ -237,3 +238,33 @@ def test_training_steps_stop_page_faulting_their_activations() -> None:
             T.optimizer_step(model, opt, x, y, step.recipe, amp=False)
         per_step.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4)
     assert sorted(per_step)[2] < 100, per_step  # about 2,000 a step with glibc's defaults
+
+
+@pytest.mark.parametrize("cfg", [SEED_AUGMENT, Augment(rotation=15, translate=0.2, scale=(0.7, 1.3)),
+                                 Augment(brightness=0.4, contrast=0.4), Augment()],
+                         ids=["seed", "geometric", "photometric", "none"])
+def test_kernel_augmentation_is_torchs_up_to_rounding(mnist, cfg: Augment, monkeypatch) -> None:
+    """kernels.c's warp, jitter and normalization give torch's images (the same random
+    numbers, so the same transforms), at an odd number of images and over two chunks."""
+    images = mnist.train_images[:3_001].unsqueeze(1).contiguous()
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr(T, "EPOCH_CHUNK", 2_000)
+    assert fused.can_augment(images, cfg)
+    g_kernel, g_torch = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    by_kernel = T.augmented(images, order, cfg, g_kernel)
+    monkeypatch.setattr(fused, "can_augment", lambda *a: False)
+    by_torch = T.augmented(images, order, cfg, g_torch)
+    assert torch.equal(g_kernel.get_state(), g_torch.get_state())  # the same draws
+    torch.testing.assert_close(by_kernel, by_torch, rtol=0, atol=1e-4)
+    exact = (by_kernel == by_torch).float().mean().item()
+    assert exact > 0.8, exact  # the same arithmetic: most pixels agree to the bit
+    if cfg.geometric or cfg.photometric:
+        assert not torch.equal(by_kernel, T.normalize(T.to_unit(images[order])))
+
+
+def test_elastic_and_cuda_images_are_augmented_by_torch(mnist) -> None:
+    images = mnist.train_images[:8].unsqueeze(1).contiguous()
+    assert not fused.can_augment(images, Augment(elastic=2.0))
+    assert not fused.can_augment(images.float(), SEED_AUGMENT)
+    if torch.cuda.is_available():
+        assert not fused.can_augment(images.cuda(), SEED_AUGMENT)

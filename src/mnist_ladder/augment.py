@@ -149,14 +149,22 @@ def apply(x: torch.Tensor, cfg: Augment, p: dict[str, torch.Tensor]) -> torch.Te
     return x
 
 
+def draw(cfg: Augment, n: int, generator: torch.Generator,
+         device: torch.device | str = "cpu") -> dict[str, torch.Tensor] | None:
+    """Every image's parameters for `cfg` at once (so the random stream depends only on n),
+    or None, and nothing drawn, when `cfg` changes nothing. Both ways of augmenting (`augment`
+    here, `fused.augment_images` on the CPU) draw through this."""
+    return sample_params(cfg, n, generator, device) if cfg.geometric or cfg.photometric else None
+
+
 def augment(x: torch.Tensor, cfg: Augment, generator: torch.Generator,
             apply_chunk: int = 2048) -> torch.Tensor:
-    """Draws every image's parameters at once (so the random stream depends only on len(x)),
-    then resamples `apply_chunk` images at a time: the grid and its temporaries are several
-    copies of the images, and at 8,192 images they were a fifth of a Step 6 run's peak memory."""
-    if not (cfg.geometric or cfg.photometric):
+    """Draws every image's parameters at once, then resamples `apply_chunk` images at a time:
+    the grid and its temporaries are several copies of the images, and at 8,192 images they
+    were a fifth of a Step 6 run's peak memory."""
+    p = draw(cfg, x.shape[0], generator, x.device)
+    if p is None:
         return x
-    p = sample_params(cfg, x.shape[0], generator, x.device)
     out = torch.empty_like(x)
     for i in range(0, x.shape[0], apply_chunk):
         part = slice(i, i + apply_chunk)

@@ -1,5 +1,5 @@
-"""BatchNorm with its neighbouring ReLU and dropout as one operation on the CPU, and a 2x2
-max-pool (`max_pool`), both in C (`kernels.c`).
+"""BatchNorm with its neighbouring ReLU and dropout as one operation on the CPU, a 2x2
+max-pool (`max_pool`) and the epoch's augmentation (`augment_images`), all in C (`kernels.c`).
 
 Why by hand: run as modules, a Step 6 block is about eight passes over its activation map
 forward and backward (ReLU, statistics, normalization, dropout mask and multiply, and their
@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .augment import Augment, inverse_affine
 from .data import machine_cache_dir
 
 MAX_TILE = 128  # values a row: full vector registers, and any batch size divides it out
@@ -86,7 +87,11 @@ def kernels() -> ctypes.CDLL | None:
     sizes = [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int]  # n, h, w, c, element size, threads
     built.mp_forward.argtypes = [ptr, ptr, ptr, *sizes]
     built.mp_backward.argtypes = [ptr, ptr, ptr, *sizes]
-    for fn in (built.nb_forward, built.nb_backward, built.mp_forward, built.mp_backward):
+    built.aug_images.argtypes = [ptr, ptr, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                 ptr, ptr, ptr, ptr, ctypes.c_float, ctypes.c_float, ptr,
+                                 ctypes.c_int]
+    for fn in (built.nb_forward, built.nb_backward, built.mp_forward, built.mp_backward,
+               built.aug_images):
         fn.restype = None
     return built
 
@@ -253,3 +258,32 @@ def can_pool(x: torch.Tensor, pool: nn.MaxPool2d) -> bool:
 
 def max_pool(x: torch.Tensor) -> torch.Tensor:
     return _MaxPool.apply(x)
+
+
+# ---------------------------------------------------------------- the epoch's augmentation
+
+
+def can_augment(images: torch.Tensor, cfg: Augment) -> bool:
+    """Whether kernels.c augments these images: uint8 images on the CPU, the seed's affine
+    warp and colour jitter (an elastic field runs torch's ops)."""
+    return (images.device.type == "cpu" and images.dtype == torch.uint8
+            and images.is_contiguous() and images.shape[-1] * images.shape[-2] <= 4096
+            and not cfg.elastic and kernels() is not None)
+
+
+def augment_images(images: torch.Tensor, index: torch.Tensor, cfg: Augment,
+                   params: dict[str, torch.Tensor] | None, out: torch.Tensor,
+                   mean: float, std: float) -> None:
+    """out[i] = (augment(images[index[i]] / 255) - mean) / std, with the parameters `params`
+    (from `augment.draw`): augment.py's warp and jitter, one pass an image (kernels.c)."""
+    h, w = images.shape[-2:]
+    assert out.is_contiguous() and out.dtype == torch.float32 and out.numel() == len(index) * h * w
+    index = index.contiguous()
+    theta = (inverse_affine(params).float().contiguous()
+             if params is not None and cfg.geometric else None)
+    jitter = ([params[k].float().contiguous() for k in ("brightness", "contrast")]
+              + [params["brightness_first"].to(torch.uint8)]
+              if params is not None and cfg.photometric else [None, None, None])
+    kernels().aug_images(_ptr(images), _ptr(index), len(index), h, w, _ptr(theta),
+                         *(_ptr(t) for t in jitter), mean, std, _ptr(out),
+                         torch.get_num_threads())

@@ -396,3 +396,80 @@ void mp_backward(const void *grad_out, const uint8_t *code, void *grad_in, int64
         }
     }
 }
+
+/* ------------------------------------------------------------ the seed's augmentation
+
+   augment.py's affine warp, colour jitter and normalization, one image at a time from the
+   uint8 data set straight into the epoch's buffer: torch's version makes a pass over the
+   whole chunk for every one of its dozen steps (index, to float, the sampling grid,
+   grid_sample, brightness and contrast each computed for both orders, normalize), and on
+   these 784-pixel images each pass costs what it moves through memory. The arithmetic is
+   torch's, step by step: the grid as `sampling_grid` builds it, grid_sample's bilinear
+   weights with zeros outside (align_corners=False), ColorJitter's clamps in the image's
+   own order; only the contrast's image mean is summed in another order (in double). */
+void aug_images(const uint8_t *images, const int64_t *index, int64_t n, int64_t h, int64_t w,
+                const float *theta, const float *bright, const float *contrast,
+                const uint8_t *bright_first, float mean, float std, float *out, int threads) {
+    /* The image sits in a buffer with a border of 2 zeros: a tap's index, clamped to
+       [-2, size], then always lands on the image or on zeros (taps outside it are zeros in
+       grid_sample too), so the warp's loop has no branches and vectorizes. */
+    const int64_t pw = w + 4, ph = h + 4;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        const uint8_t *src = images + index[i] * h * w;
+        float *dst = out + i * h * w;
+        float padded[ph * pw], xs[w];
+        memset(padded, 0, sizeof(padded));
+        for (int64_t r = 0; r < h; r++)
+            for (int64_t c = 0; c < w; c++) padded[(r + 2) * pw + c + 2] = (float)src[r * w + c] / 255.0f;
+        if (theta) {
+            const float *t = theta + i * 6;
+            for (int64_t c = 0; c < w; c++) xs[c] = (float)(c * 2 + 1) / (float)w - 1.0f;
+            const float half_w = (float)w / 2.0f, half_h = (float)h / 2.0f;
+            for (int64_t r = 0; r < h; r++) {
+                const float ys = (float)(r * 2 + 1) / (float)h - 1.0f;
+                float *row = dst + r * w;
+#pragma omp simd
+                for (int64_t c = 0; c < w; c++) {
+                    float gx = t[0] * xs[c] + t[1] * ys + t[2];
+                    float gy = t[3] * xs[c] + t[4] * ys + t[5];
+                    float x = (gx + 1.0f) * half_w - 0.5f;
+                    float y = (gy + 1.0f) * half_h - 0.5f;
+                    float xw = floorf(x), yn = floorf(y);
+                    float we = x - xw, ea = (xw + 1.0f) - x, no = y - yn, so = (yn + 1.0f) - y;
+                    float xc = xw < -2.0f ? -2.0f : (xw > (float)w ? (float)w : xw);
+                    float yc = yn < -2.0f ? -2.0f : (yn > (float)h ? (float)h : yn);
+                    int32_t k = ((int32_t)yc + 2) * (int32_t)pw + (int32_t)xc + 2;
+                    row[c] = padded[k] * (so * ea) + padded[k + 1] * (so * we) +
+                             padded[k + pw] * (no * ea) + padded[k + pw + 1] * (no * we);
+                }
+            }
+        } else {
+            for (int64_t r = 0; r < h; r++) memcpy(dst + r * w, padded + (r + 2) * pw + 2, sizeof(float) * w);
+        }
+        if (bright) {
+            const float b = bright[i], cf = contrast[i], one_minus_c = 1.0f - cf;
+            for (int step = 0; step < 2; step++) {
+                if ((step == 0) == (bright_first[i] != 0)) {
+#pragma omp simd
+                    for (int64_t k = 0; k < h * w; k++) {
+                        float v = dst[k] * b;
+                        dst[k] = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
+                    }
+                } else {
+                    double sum = 0;
+#pragma omp simd reduction(+ : sum)
+                    for (int64_t k = 0; k < h * w; k++) sum += dst[k];
+                    const float m = (float)(sum / (double)(h * w)) * one_minus_c;
+#pragma omp simd
+                    for (int64_t k = 0; k < h * w; k++) {
+                        float v = dst[k] * cf + m;
+                        dst[k] = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
+                    }
+                }
+            }
+        }
+#pragma omp simd
+        for (int64_t k = 0; k < h * w; k++) dst[k] = (dst[k] - mean) / std;
+    }
+}

@@ -25,6 +25,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from . import augment as aug
+from . import fused
 from .data import MEAN, MNIST, STD
 from .steps import Recipe, Step
 
@@ -242,6 +243,23 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.
     return loss, logits
 
 
+def augmented(images: torch.Tensor, order: torch.Tensor, cfg: aug.Augment,
+              generator: torch.Generator) -> torch.Tensor:
+    """images[order] (uint8), augmented and normalized: float [N, 1, 28, 28]. In chunks,
+    written into one buffer (concatenating would hold the epoch twice at peak); on the CPU by
+    kernels.c, one pass an image, elsewhere by torch's ops. The random numbers are the same
+    either way."""
+    x_epoch = torch.empty(len(order), 1, 28, 28, device=images.device)
+    for start, idx in zip(range(0, len(order), EPOCH_CHUNK), order.split(EPOCH_CHUNK), strict=True):
+        part = x_epoch[start:start + len(idx)]
+        if fused.can_augment(images, cfg):
+            fused.augment_images(images, idx, cfg, aug.draw(cfg, len(idx), generator), part,
+                                 MEAN, STD)
+        else:
+            part.copy_(normalize(aug.augment(to_unit(images[idx]), cfg, generator)))
+    return x_epoch
+
+
 def train(state: TrainState, data: DeviceData, recipe: Recipe, amp: bool = False,
           desc: str = "") -> tuple[float, float]:
     """One epoch of `state`'s model and optimizer; returns (mean loss, accuracy %) over the
@@ -250,14 +268,10 @@ def train(state: TrainState, data: DeviceData, recipe: Recipe, amp: bool = False
     generator = state.generator
     model.train()
     n, device, batch_size = len(data.train_y), data.train_y.device, recipe.batch_size
-    # The epoch's images, shuffled, augmented and normalized in a few large chunks: batches are
-    # then plain slices, and per-batch work is only the model's.
-    # Written chunk by chunk into one buffer: concatenating would hold the epoch twice at peak.
+    # The epoch's images, shuffled, augmented and normalized up front: batches are then plain
+    # slices, and per-batch work is only the model's.
     order = torch.randperm(n, generator=generator, device=device)
-    x_epoch = torch.empty(n, 1, 28, 28, device=device)
-    for start, idx in zip(range(0, n, EPOCH_CHUNK), order.split(EPOCH_CHUNK), strict=True):
-        x_epoch[start:start + len(idx)] = normalize(
-            aug.augment(to_unit(data.train_x[idx]), recipe.augment, generator))
+    x_epoch = augmented(data.train_x, order, recipe.augment, generator)
     y_epoch = data.train_y[order]
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
