@@ -74,6 +74,12 @@ def test_choose_measures_once_then_reads_the_cache(mnist, monkeypatch) -> None:
     timings.update(nchw=1.98)
     assert layout.choose(step, step.recipe, CPU, False, data, log=logged.append) == "cl"
     assert calls == [1, 1]
+    # a choice measured with other versions of the layers' code (an older checkout sharing
+    # the cache) is not this code's: measured anew
+    monkeypatch.setattr(layout, "code_version", lambda: "older")
+    timings.update(nchw=2.5, cl=1.0)
+    assert layout.choose(step, step.recipe, CPU, True, data, log=logged.append) == "cl"
+    assert calls == [1, 1, 1]
 
 
 def test_layouts_keep_the_weights_loadable_and_bad_names_fail() -> None:

@@ -1,5 +1,6 @@
 /* CPU kernels torch lacks (fused.py says why): the BatchNorm block's passes over a
-   channels-last map, and a 2x2 max-pool (at the end of the file).
+   channels-last map, a 2x2 max-pool and the augmentation of an epoch's images (the last two at
+   the end of the file).
 
    The map is `rows` rows of `T` values (T = channels * k: k copies of the channel vector), fp32
    or bf16. a = ReLU(z) if pre_relu else z; v = scale * a + shift with scale and shift tiled to T

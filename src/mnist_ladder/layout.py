@@ -5,7 +5,8 @@ torch's channels-last BatchNorm backward is many times slower than its NCHW one 
 CPUs, its NCHW max-pool several times slower than its channels-last one on others. So,
 like cuDNN's benchmark mode, `choose` times a few training steps of the step's own model in
 each layout of `LAYOUTS`, keeps the fastest, and caches the choice per CPU, step, batch,
-precision and thread count in the user's cache folder, so the probe runs once.
+precision, thread count and version of the layers' code in the user's cache folder, so the
+probe runs once.
 
 The probe trains fresh copies of the model with optimizers of their own, inside
 `torch.random.fork_rng`: a run's random numbers, weights, BatchNorm statistics and optimizer
@@ -16,6 +17,8 @@ the same function with the same dropout masks, so results agree up to floating-p
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -150,12 +153,30 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# The package's files whose speed the probe measures: a choice measured with other versions
+# of them (an older checkout sharing the cache, as `benchmarks/speed.py --versus` runs one)
+# is not this code's. (kernels.c's layers run only in channels-last: a choice made before them
+# kept Step 13 in NCHW, 0.72x the speed.)
+SPEED_SOURCES = ("kernels.c", "fused.py", "models.py", "layout.py")
+
+
+@functools.cache
+def code_version() -> str:
+    package = Path(__file__).parent
+    h = hashlib.sha256()
+    for name in SPEED_SOURCES:
+        path = package / name
+        h.update(path.read_bytes() if path.exists() else b"")
+    return h.hexdigest()[:12]
+
+
 def cache_key(step: Step, recipe: Recipe, amp: bool) -> str:
     """What the fastest layout depends on. The model name alone ("AMD EPYC") can hide the
-    vector width, hence torch's CPU capability; torch's version, as its kernels change."""
+    vector width, hence torch's CPU capability; torch's version and ours, as kernels change."""
     return "|".join([cpu_name(), torch.backends.cpu.get_cpu_capability(),
                      f"{torch.get_num_threads()} threads", f"torch {torch.__version__}",
-                     step.name, f"batch {recipe.batch_size}", "bf16" if amp else "fp32"])
+                     f"code {code_version()}", step.name, f"batch {recipe.batch_size}",
+                     "bf16" if amp else "fp32"])
 
 
 def cache_path() -> Path:
