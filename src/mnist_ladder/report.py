@@ -499,14 +499,18 @@ def step_section(res: StepResults, prev: StepResults | None, figs: Path, rel: st
     tag = f"{s.name}-{res.label}"
     plot_curves(res, figs / f"{tag}-curves.png")
     lines += ["", f"![{s.name} curves]({rel}/{tag}-curves.png)"]
-    run = res.runs[0]
+    # The first seed whose final weights are at hand (its run folder on this machine, or the
+    # store's copy): weights over the store's size limit (Step 0's) exist only where a seed ran.
+    run, weights = next(((r, w) for r in res.runs
+                         if store is not None and (w := weights_file(r.row, store)) is not None),
+                        (res.runs[0], None))
     if mnist_test is None:
         skipped.append(f"{tag}: misclassified digits, confusion matrix and what the network "
                        "sees (MNIST not available)")
-    elif store is None or (weights := weights_file(run.row, store)) is None:
+    elif weights is None:
         skipped.append(f"{tag}: misclassified digits, confusion matrix and what the network sees "
-                       f"(no weights: run folder {run.row.run_dir} is missing its model.pt, and "
-                       "the store has none)")
+                       f"(no weights: no seed's run folder holds its model.pt, e.g. "
+                       f"{run.row.run_dir}, and the store has none)")
         if s.params * 4 > STORE_WEIGHTS_MAX_BYTES:  # kept out of the committed store on purpose
             lines += ["", f"{s.name}'s final weights ({s.params * 4 / 1e6:.0f} MB) are kept out of "
                       "the results store, so its misclassified digits, confusion matrix and "
