@@ -250,9 +250,10 @@ def augmented(images: torch.Tensor, order: torch.Tensor, cfg: aug.Augment,
     kernels.c, one pass an image, elsewhere by torch's ops. The random numbers are the same
     either way."""
     x_epoch = torch.empty(len(order), 1, 28, 28, device=images.device)
+    by_kernel = fused.can_augment(images, cfg)
     for start, idx in zip(range(0, len(order), EPOCH_CHUNK), order.split(EPOCH_CHUNK), strict=True):
         part = x_epoch[start:start + len(idx)]
-        if fused.can_augment(images, cfg):
+        if by_kernel:
             fused.augment_images(images, idx, cfg, aug.draw(cfg, len(idx), generator), part,
                                  MEAN, STD)
         else:
