@@ -28,10 +28,12 @@ from PIL import Image, ImageEnhance
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mnist_ladder import data, layout, steps
-from mnist_ladder import train as T
-from mnist_ladder.augment import SEED_AUGMENT, Augment
-from mnist_ladder.data import MEAN, STD
+from mnist_ladder import steps
+from mnist_ladder.engine import data
+from mnist_ladder.engine import probe as layout
+from mnist_ladder.engine import train as T
+from mnist_ladder.engine.augment import SEED_AUGMENT, Augment
+from mnist_ladder.engine.data import MEAN, STD
 
 STEP = steps.get("step6")
 

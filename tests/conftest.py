@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_ladder import data
+from mnist_ladder.engine import data
 
 
 @pytest.fixture(scope="session")
@@ -32,8 +32,9 @@ def _threads() -> None:
 def trained_step6(mnist, tmp_path_factory):
     """A Step 6 model trained briefly on real MNIST, recorded in a store like any run:
     (store path, run row). About 99% test accuracy: enough to test its use."""
-    from mnist_ladder import experiment, steps
-    from mnist_ladder.store import Store
+    from mnist_ladder import steps
+    from mnist_ladder.runs import experiment
+    from mnist_ladder.runs.store import Store
 
     root = tmp_path_factory.mktemp("trained")
     spec = experiment.make_spec(steps.get("step6"), seed=1, epochs=4, train_limit=30_000)
@@ -112,7 +113,7 @@ def sweep_worker():
 def ctrl_c_after_epochs(monkeypatch, epochs: int = 2):
     """Within it, `experiment.fit` raises KeyboardInterrupt after `epochs` epochs, as Ctrl-C
     would mid-run; the real `fit` is back afterwards."""
-    from mnist_ladder import experiment
+    from mnist_ladder.runs import experiment
     real_fit = experiment.fit
 
     def fit_then_ctrl_c(*a, **kw):

@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mnist_ladder.augment import (
+from mnist_ladder.engine.augment import (
     SEED_AUGMENT,
     Augment,
     apply,
@@ -110,7 +110,7 @@ def test_elastic_is_drawn_only_when_used() -> None:
 
 
 def augment_displacement_pixels(field: torch.Tensor) -> torch.Tensor:
-    from mnist_ladder.augment import displacement
+    from mnist_ladder.engine.augment import displacement
     return displacement(field, 28, 28) * 14  # normalized units -> pixels
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_ladder import cli
+from mnist_ladder.apps import cli
 
 
 def ladder(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedProcess:
@@ -160,14 +160,14 @@ def test_ladder_runs_steps_by_seeds_in_parallel_and_skips_finished(tmp_path: Pat
 
 def test_ladder_says_up_front_what_it_reruns_because_the_code_changed(
         tmp_path: Path, mnist, monkeypatch, capsys) -> None:
-    from mnist_ladder import experiment
+    from mnist_ladder.engine import identity as engine_identity
     db = tmp_path / "ladder.db"
     args = ["ladder", "--steps", "step2", "--seeds", "1", "--epochs", "1", "--train-limit",
             "1000", "--eval-limit", "500", "--db", str(db), "--out", str(tmp_path / "runs"),
             "--no-report"]
     assert cli.main(args) == 0
     assert "finished before with other code" not in capsys.readouterr().out
-    monkeypatch.setattr(experiment, "_CODE_HASH", "another version")
+    monkeypatch.setattr(engine_identity, "_ENGINE_HASH", "another version")
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     assert "1 of them finished before with other code" in out and "step2 seed 1 (step2-s1-" in out

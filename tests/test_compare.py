@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from mnist_ladder import comparison as cmp
 from mnist_ladder import steps
 from mnist_ladder.steps import Recipe
-from mnist_ladder.summary import layer_rows
+from mnist_ladder.views import comparison as cmp
+from mnist_ladder.views.summary import layer_rows
 
 # The hand-computed example (accuracies in %):
 #   A = 99.41, 99.41, 99.38              mean 99.40, deviations +.01 +.01 -.02

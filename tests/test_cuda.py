@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from conftest import ctrl_c_after_epochs
-from mnist_ladder import augment as aug
-from mnist_ladder import experiment, steps
-from mnist_ladder import train as T
-from mnist_ladder.store import Store
+from mnist_ladder import steps
+from mnist_ladder.engine import augment as aug
+from mnist_ladder.engine import train as T
+from mnist_ladder.runs import experiment
+from mnist_ladder.runs.store import Store
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

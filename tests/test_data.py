@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_ladder import data
+from mnist_ladder.engine import data
 
 
 def test_real_mnist_matches_canonical_facts(mnist: data.MNIST) -> None:

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from conftest import ctrl_c_after_epochs
-from mnist_ladder import experiment, steps
-from mnist_ladder.store import RunRow, Store
+from mnist_ladder import steps
+from mnist_ladder.runs import experiment
+from mnist_ladder.runs.store import RunRow, Store
 
 CPU = torch.device("cpu")
 
@@ -90,18 +91,30 @@ def test_crafted_checkpoint_is_refused(tmp_path: Path) -> None:
         experiment.load_checkpoint(path)
 
 
-def test_code_hash_is_the_imported_sources_and_ignores_later_edits(tmp_path: Path,
-                                                                     monkeypatch) -> None:
-    imported = experiment.code_hash()
-    assert imported == experiment._hash_sources()  # this tree, as imported
-    assert len(imported) == 16
-    copy = tmp_path / "mnist_ladder"
-    shutil.copytree(experiment.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(experiment, "PACKAGE_DIR", copy)
-    assert experiment._hash_sources() == experiment.code_hash()
-    (copy / "train.py").write_text((copy / "train.py").read_text() + "\n# edited mid-run\n")
-    assert experiment._hash_sources() != experiment.code_hash()  # an edit is a new version...
-    assert experiment.code_hash() == imported  # ...but not the one this process runs
+def test_engine_hash_is_the_imported_sources_and_ignores_later_edits(tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    from mnist_ladder.engine import identity
+    imported = identity.engine_hash()
+    assert imported == identity._hash_engine() and len(imported) == 16  # this tree, as imported
+    copy = tmp_path / "engine"
+    shutil.copytree(identity.ENGINE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(identity, "ENGINE_DIR", copy)
+    assert identity._hash_engine() == imported
+    (copy / "kernels.c").write_text((copy / "kernels.c").read_text() + "\n/* edited */\n")
+    assert identity._hash_engine() != imported  # the C kernels are engine sources...
+    assert identity.engine_hash() == imported  # ...and an edit is not what this process runs
+
+
+def test_a_steps_fingerprint_leaves_its_prose_out() -> None:
+    from mnist_ladder.engine.identity import fingerprint
+    source = (STEP6_FILE := Path(steps.step6_lr_scheduler.__file__)).read_text()
+    prose = source.replace("LR scheduler + one more 1x1 after GAP", "A new title").replace(
+        "The model still under-fits", "Edited analysis: the model under-fits")
+    assert prose != source and fingerprint(prose) == fingerprint(source)
+    assert fingerprint(source + "\n# a comment\n") == fingerprint(source)
+    assert fingerprint(source.replace("dropout=0.03", "dropout=0.05")) != fingerprint(source)
+    assert fingerprint(source.replace("lr=0.015, ", "lr=0.02, ")) != fingerprint(source)
+    assert STEP6_FILE.name == "step6_lr_scheduler.py"
 
 
 def test_a_recipe_stored_before_a_field_was_added_still_matches() -> None:
@@ -121,22 +134,22 @@ def test_resume_picks_the_interrupted_attempt_that_got_furthest(tmp_path: Path) 
     def attempt(store: Store, run_id: str, started: str, epochs: int) -> None:
         store.add_run(RunRow(run_id, "step6", 1, "test", recipe.to_dict(), 6720, "c0de", None,
                              None, "2.13.0", "cpu", 0, str(tmp_path / run_id), "host", 1,
-                             started, None, "interrupted", None))
+                             started, None, "interrupted", None, training_id="1d"))
         for e in range(1, epochs + 1):
             store.add_epoch(run_id, {"epoch": e, "test_acc": 98.0})
 
     with Store(tmp_path / "ladder.db") as store:
         attempt(store, "far", "2026-01-01T10:00:00", epochs=10)
         attempt(store, "near", "2026-01-01T11:00:00", epochs=2)  # later, but behind
-        assert store.find_resumable("step6", 1, "test", recipe, "c0de").id == "far"
+        assert store.find_resumable("step6", 1, "1d").id == "far"
         attempt(store, "farther", "2026-01-01T12:00:00", epochs=11)
-        assert store.find_resumable("step6", 1, "test", recipe, "c0de").id == "farther"
-        assert store.find_resumable("step6", 2, "test", recipe, "c0de") is None
+        assert store.find_resumable("step6", 1, "1d").id == "farther"
+        assert store.find_resumable("step6", 2, "1d") is None
 
 
 def test_a_finished_run_s_weights_outlive_its_run_folder(tmp_path: Path, mnist,
                                                          monkeypatch) -> None:
-    from mnist_ladder import predict
+    from mnist_ladder.apps import predict
     monkeypatch.setenv("MNIST_LADDER_DATA", str(tmp_path / "cache"))  # restored copies go here
     store = Store(tmp_path / "l.db")
     row = experiment.execute(spec(1, "step7"), mnist, store, tmp_path / "runs", device=CPU,
@@ -153,7 +166,7 @@ def test_a_finished_run_s_weights_outlive_its_run_folder(tmp_path: Path, mnist,
 
 def test_weights_from_the_store_are_checked_and_never_written_where_a_row_says(
         tmp_path: Path, mnist, monkeypatch) -> None:
-    from mnist_ladder import predict
+    from mnist_ladder.apps import predict
     monkeypatch.setenv("MNIST_LADDER_DATA", str(tmp_path / "cache"))
     store = Store(tmp_path / "l.db")
     row = experiment.execute(spec(1, "step7"), mnist, store, tmp_path / "runs", device=CPU,

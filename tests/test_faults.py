@@ -25,9 +25,12 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_ladder import data, family, predict, steps, sweep
-from mnist_ladder.models import count_parameters
-from mnist_ladder.store import Store
+from mnist_ladder import steps
+from mnist_ladder.apps import predict
+from mnist_ladder.engine import data, family
+from mnist_ladder.engine.models import count_parameters
+from mnist_ladder.runs import sweep
+from mnist_ladder.runs.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 

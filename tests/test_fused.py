@@ -11,10 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_ladder import fused, layout, steps
-from mnist_ladder import train as T
-from mnist_ladder.augment import SEED_AUGMENT, Augment
-from mnist_ladder.models import BatchNormNCHW, Conv, MaxPool2d
+from mnist_ladder import steps
+from mnist_ladder.engine import fused
+from mnist_ladder.engine import layouts as layout
+from mnist_ladder.engine import train as T
+from mnist_ladder.engine.augment import SEED_AUGMENT, Augment
+from mnist_ladder.engine.models import BatchNormNCHW, Conv, MaxPool2d
 
 ORDERS = ["crbd", "cbrd", "cbdr", "cbr", "crb", "cb", "cbd"]
 

@@ -11,11 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_ladder import cli, insight, steps
-from mnist_ladder.data import STD
-from mnist_ladder.models import Net
-from mnist_ladder.store import RunRow, Store
-from mnist_ladder.summary import fields, layer_rows, summary_table
+from mnist_ladder import steps
+from mnist_ladder.apps import cli
+from mnist_ladder.engine.data import STD
+from mnist_ladder.engine.models import Net
+from mnist_ladder.runs.store import RunRow, Store
+from mnist_ladder.views import insight
+from mnist_ladder.views.summary import fields, layer_rows, summary_table
 
 
 def small_net() -> nn.Module:

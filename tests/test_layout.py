@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
-from mnist_ladder import layout, steps
-from mnist_ladder import train as T
+from mnist_ladder import steps
+from mnist_ladder.engine import probe as layout
+from mnist_ladder.engine import train as T
 
 CPU = torch.device("cpu")
 
@@ -64,21 +65,23 @@ def test_choose_measures_once_then_reads_the_cache(mnist, monkeypatch) -> None:
     timings = {"cl": 2.0, "nchw": 1.0, "cl+bn-nchw": 3.0, "nchw+pool-cl": 4.0}
     monkeypatch.setattr(layout, "measure", lambda *a, **k: calls.append(1) or dict(timings))
     logged: list[str] = []
-    assert layout.choose(step, step.recipe, CPU, True, data, log=logged.append) == "nchw"
-    assert layout.choose(step, step.recipe, CPU, True, data, log=logged.append) == "nchw"
+    for _ in range(2):
+        assert layout.choose(step, step.recipe, CPU, True, data, identity="probe-test",
+                             log=logged.append) == "nchw"
     assert calls == [1] and "nchw" in logged[0]
-    entry = json.loads(layout.cache_path().read_text())[layout.cache_key(step, step.recipe, True)]
+    entry = json.loads(layout.cache_path().read_text())[layout.cache_key("probe-test")]
     assert entry["layout"] == "nchw" and entry["ms_per_step"]["cl"] == 2.0
-    # another precision is another entry, measured anew; a layout within the margin of the
-    # default does not replace it
+    # another training identity (another precision, engine, network) is another entry,
+    # measured anew; a layout within the margin of the default does not replace it
     timings.update(nchw=1.98)
-    assert layout.choose(step, step.recipe, CPU, False, data, log=logged.append) == "cl"
+    assert layout.choose(step, step.recipe, CPU, False, data, identity="probe-fp32",
+                         log=logged.append) == "cl"
     assert calls == [1, 1]
-    # a choice measured with other versions of the layers' code (an older checkout sharing
-    # the cache) is not this code's: measured anew
-    monkeypatch.setattr(layout, "code_version", lambda: "older")
+    # a choice measured by other engine code (an older checkout sharing the cache) has
+    # another identity: measured anew
     timings.update(nchw=2.5, cl=1.0)
-    assert layout.choose(step, step.recipe, CPU, True, data, log=logged.append) == "cl"
+    assert layout.choose(step, step.recipe, CPU, True, data, identity="older-engine",
+                         log=logged.append) == "cl"
     assert calls == [1, 1, 1]
 
 
@@ -94,4 +97,4 @@ def test_layouts_keep_the_weights_loadable_and_bad_names_fail() -> None:
         x = torch.randn(4, 1, 28, 28)
         torch.testing.assert_close(model(x), ref(x))
     with pytest.raises(T.ConfigError, match="unknown layout"):
-        layout.resolve("nhwc", step, step.recipe, CPU, False, None)
+        layout.resolve("nhwc", step, step.recipe, CPU, False, None, identity="x")

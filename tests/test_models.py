@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mnist_ladder import steps
-from mnist_ladder.models import Conv, Dropout, count_parameters
+from mnist_ladder.engine.models import Conv, Dropout, count_parameters
 
 
 @pytest.mark.parametrize("name", list(steps.STEPS))
@@ -52,7 +52,7 @@ def test_variant_names_resolve_and_unknown_ones_fail() -> None:
 
 
 def test_separable_block_costs_depthwise_plus_pointwise() -> None:
-    from mnist_ladder.models import separable
+    from mnist_ladder.engine.models import separable
     assert count_parameters(separable(12, 16)) == 12 * 9 + 12 * 16 + 2 * 16
 
 
@@ -128,7 +128,7 @@ def test_fast_dropout_drops_the_same_elements_in_any_layout(memory_format, amp) 
 @pytest.mark.parametrize("amp", [False, True])
 @pytest.mark.parametrize("memory_format", LAYOUTS)
 def test_pool_and_batchnorm_in_the_other_layout_match_torch(memory_format, amp) -> None:
-    from mnist_ladder.models import BatchNormNCHW, MaxPoolCL
+    from mnist_ladder.engine.models import BatchNormNCHW, MaxPoolCL
     torch.manual_seed(0)
     # ReLU'd input: windows of equal zeros, where the gradient's tie-breaking shows
     x = torch.randn(8, 6, 13, 12).relu().contiguous(memory_format=memory_format)

@@ -14,9 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_ladder import predict, train
-from mnist_ladder.export import export
-from mnist_ladder.store import Store
+from mnist_ladder.apps import predict
+from mnist_ladder.apps.export import export
+from mnist_ladder.engine import train
+from mnist_ladder.runs.store import Store
 
 
 def user_images(mnist, folder: Path, n: int = 200, seed: int = 0) -> list[tuple[Path, int]]:

@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_ladder import cli, experiment, steps, train
-from mnist_ladder.store import RunClaimed, RunRow, Store, StoreError, new_owner
+from mnist_ladder import steps
+from mnist_ladder.apps import cli
+from mnist_ladder.engine import train
+from mnist_ladder.runs import experiment
+from mnist_ladder.runs.store import RunClaimed, RunRow, Store, StoreError, new_owner
 
 CPU = torch.device("cpu")
 

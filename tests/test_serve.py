@@ -19,8 +19,8 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw
 
-from mnist_ladder import cli, predict, serve
-from mnist_ladder.store import Stores, reference_db_path
+from mnist_ladder.apps import cli, predict, serve
+from mnist_ladder.runs.store import Stores, reference_db_path
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

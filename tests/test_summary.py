@@ -3,7 +3,7 @@ from __future__ import annotations
 from torch import nn
 
 from mnist_ladder import steps
-from mnist_ladder.summary import layer_rows, receptive_field, summary_table
+from mnist_ladder.views.summary import layer_rows, receptive_field, summary_table
 
 
 def conv_rfs(name: str) -> list[int]:
@@ -34,7 +34,7 @@ def test_table_lists_shapes_params_and_total() -> None:
 
 
 def test_searched_architectures_with_adaptive_gap() -> None:
-    from mnist_ladder.family import build
+    from mnist_ladder.engine.family import build
     arch = {"convs1": [8, 16], "transition": 8, "convs2": [10, 16, 18], "head": 16, "dropout": 0.03}
     rows = layer_rows(build(arch))
     gap = next(r for r in rows if r.name == "AdaptiveAvgPool2d")

@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from mnist_ladder import sweep
+from mnist_ladder.runs import sweep
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mnist_ladder import steps
-from mnist_ladder import train as T
+from mnist_ladder.engine import train as T
 
 CPU = torch.device("cpu")
 

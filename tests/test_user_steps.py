@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from mnist_ladder import catalog, steps
-from mnist_ladder.store import SCHEMA, Store, reference_db_path
+from mnist_ladder import steps
+from mnist_ladder.runs import catalog
+from mnist_ladder.runs.store import SCHEMA, Store, reference_db_path
 
 REPO = Path(__file__).resolve().parents[1]
 SUBSET = ["--train-limit", "3000", "--eval-limit", "1000"]

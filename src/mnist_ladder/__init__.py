@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 
 from . import steps  # a callable module: ml.steps() lists every step
 from .api import FitResult, compare, fit, step
-from .augment import Augment
-from .models import Conv, Net, count_parameters
+from .engine.augment import Augment
+from .engine.models import Conv, Net, count_parameters
 from .steps import Recipe, Step, Variant
 
 __all__ = ["Augment", "Conv", "FitResult", "Net", "Recipe", "Step", "Variant", "compare",

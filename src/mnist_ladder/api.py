@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,14 +18,28 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import comparison as _compare
-from . import data, steps
-from .catalog import StepFileError, catalog, inline_source
-from .experiment import RunError, execute, make_spec
-from .results import main_set, run_sets
+from . import steps
+from .core.goal import TARGET
+from .runs.catalog import StepFileError, catalog, inline_source
+from .runs.experiment import RunError, RunOptions, make_spec, resume_target, run
+from .runs.results import headline_key, main_set, run_sets
+from .runs.store import Store, Stores, default_db_path, reference_db_path
 from .steps import Step
-from .store import Store, Stores, default_db_path, reference_db_path
-from .train import pick_amp, pick_device
+from .views import comparison as _compare
+
+
+class _StepsModule(types.ModuleType):
+    """`mnist_ladder.steps` is the registry every layer imports, and also `ml.steps()`, the
+    API's list of steps: a module can be called once its class says how (the documented
+    `module.__class__` hook). Set here, at the top, since listing the user's steps needs the
+    catalog, a layer above the registry."""
+
+    def __call__(self, steps_dir: str | None = None) -> dict[str, Step]:
+        """Every step by name: the built-in ladder, then yours (`./steps`, or `steps_dir`)."""
+        return catalog(steps_dir).steps
+
+
+steps.__class__ = _StepsModule
 
 
 def step(name_or_path: str | Path, steps_dir: Path | str | None = None) -> Step:
@@ -52,19 +67,19 @@ class FitResult:
 
     step: Step
     run_id: str
+    protocol: str  # test | val | val-only (with any data subset): which accuracy is the headline
     history: list[dict]  # one dict per epoch: lr, train/test (and val) loss and accuracy
     model: nn.Module
     db: Path
 
     @property
     def final(self) -> float:
-        key = "test_acc" if self.history[-1]["test_acc"] is not None else "val_acc"
-        return self.history[-1][key]
+        return self.history[-1][headline_key(self.protocol)]
 
     def plot(self):
         """The 2x2 curves (loss and accuracy, train and held-out); returns the figure."""
         import matplotlib.pyplot as plt
-        held = "test" if self.history[-1]["test_acc"] is not None else "val"
+        held = headline_key(self.protocol).removesuffix("_acc")
         fig, axes = plt.subplots(2, 2, figsize=(10, 7))
         x = [h["epoch"] for h in self.history]
         for ax, (key, title) in zip(axes.flat, [
@@ -73,7 +88,7 @@ class FitResult:
                 strict=True):
             ax.plot(x, [h[key] for h in self.history], marker="o")
             if key.endswith("_acc") and key != "train_acc":
-                ax.axhline(_compare.TARGET, color="r", lw=0.8, ls=":")
+                ax.axhline(TARGET, color="r", lw=0.8, ls=":")
             ax.set_title(title)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
@@ -93,23 +108,25 @@ def fit(step: Step | str | Path, seed: int = 1, epochs: int | None = None, *,
     quick looks; `resume` continues an interrupted run of this same step; `on_epoch` is called
     with each epoch's numbers as a dict (a live curve in a notebook)."""
     s = _as_step(step)
-    dev = pick_device(device)
-    amp = pick_amp(precision, dev)
-    spec = make_spec(s, seed, epochs=epochs, batch_size=batch_size, val=val or val_only,
-                     train_limit=train_limit, eval_limit=eval_limit, test=not val_only)
+    options = RunOptions.pick(device, precision, layout=layout, out_dir=str(out))
     db = Path(db) if db else default_db_path()
     with Store(db) as store:
-        prior = store.run(resume) if resume else None
-        if prior is not None and prior.source_hash != s.source_hash:
-            raise RunError(f"run {resume} was made from another version of {s.name}")
-        row = execute(spec, data.load(), store, Path(out), device=dev, amp=amp, resume=prior,
-                      step=s, layout=layout, log=print if verbose else (lambda _: None),
-                      on_result=on_epoch and (lambda r: on_epoch(dataclasses.asdict(r))))
+        prior = None
+        if resume:
+            prior, spec = resume_target(store, resume)
+            if spec.step != s.name:
+                raise RunError(f"run {prior.id} is a run of {spec.step}, not of {s.name}")
+        else:
+            spec = make_spec(s, seed, epochs=epochs, batch_size=batch_size, val=val or val_only,
+                             train_limit=train_limit, eval_limit=eval_limit, test=not val_only)
+        row = run(spec, store, options, resume=prior, step=s,
+                  log=print if verbose else (lambda _: None),
+                  on_result=on_epoch and (lambda r: on_epoch(dataclasses.asdict(r))))
         history = [{k: v for k, v in e.items() if k != "run_id"} for e in store.epochs(row.id)]
     model = s.build()
     weights = torch.load(Path(row.run_dir) / "model.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(weights["state_dict"])
-    return FitResult(s, row.id, history, model.eval(), db)
+    return FitResult(s, row.id, row.protocol, history, model.eval(), db)
 
 
 def compare(a: Step | str | Path, b: Step | str | Path, *, db: Path | str | None = None,

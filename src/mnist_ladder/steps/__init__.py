@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import sys
+import ast
+import functools
 import types
+from pathlib import Path
 
+from ..core.errors import LadderError
+from ..engine.identity import fingerprint
+from ..engine.step import Recipe, SeedResults, Step, Variant
 from . import (
     step0_basic_setup,
     step1_skeleton,
@@ -22,19 +27,43 @@ from . import (
     step13_batch64,
     step14_under_3k,
 )
-from .base import Recipe, SeedResults, Step, Variant
 
 _MODULES = (step0_basic_setup, step1_skeleton, step2_batchnorm, step3_dropout,
             step4_capacity, step5_augmentation, step6_lr_scheduler, step7_separable, step8_wider,
             step9_adamw, step10_pool_later, step11_clean_finish,
             step12_pool_later_8k, step13_batch64, step14_under_3k)
 STEPS: dict[str, Step] = {m.STEP.name: m.STEP for m in _MODULES}
+_BY_MODULE = {m.__name__: m for m in _MODULES}
 # Each built-in step's file in the repository: what `git show COMMIT:FILE` checks.
 FILES: dict[str, str] = {m.STEP.name: f"src/mnist_ladder/steps/{m.__name__.rpartition('.')[2]}.py"
                          for m in _MODULES}
 
 
-class UnknownStep(KeyError):
+def _step_modules(module: types.ModuleType) -> list[types.ModuleType]:
+    """`module` and every step module it imports, directly or through another."""
+    found: dict[str, types.ModuleType] = {}
+    todo = [module]
+    while todo:
+        m = todo.pop()
+        if m.__name__ in found:
+            continue
+        found[m.__name__] = m
+        for node in ast.walk(ast.parse(Path(m.__file__).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module] if node.module else [a.name for a in node.names]
+                todo += [_BY_MODULE[f"{__name__}.{n}"] for n in names if f"{__name__}.{n}" in _BY_MODULE]
+    return [found[k] for k in sorted(found)]
+
+
+@functools.cache
+def network_fingerprint(name: str) -> str:
+    """A built-in step's network and recipe as code: its file and every step file it imports
+    (Step 13's imports Step 7's and Step 11's), prose left out (`engine.identity`)."""
+    module = next(m for m in _MODULES if m.STEP.name == name.partition(".")[0])
+    return "+".join(fingerprint(Path(m.__file__).read_text()) for m in _step_modules(module))
+
+
+class UnknownStep(LadderError, KeyError):
     """A step name that is neither built in nor the user's: the message names the valid ones."""
 
     def __init__(self, name: str, known: tuple[str, ...] | None = None) -> None:
@@ -61,17 +90,5 @@ def get(name: str) -> Step:
         raise UnknownStep(name) from None
 
 
-class _Steps(types.ModuleType):
-    """This package is also `ml.steps()`, the API's list of steps: a module can be called once
-    its class says how (the documented `module.__class__` hook), so that `mnist_ladder.steps`
-    stays the registry every module imports while notebooks get the short call."""
-
-    def __call__(self, steps_dir: str | None = None) -> dict[str, Step]:
-        """Every step by name: the built-in ladder, then yours (`./steps`, or `steps_dir`)."""
-        from ..catalog import catalog
-        return catalog(steps_dir).steps
-
-
-sys.modules[__name__].__class__ = _Steps
-
-__all__ = ["FILES", "STEPS", "Recipe", "SeedResults", "Step", "UnknownStep", "Variant", "get"]
+__all__ = ["FILES", "STEPS", "Recipe", "SeedResults", "Step", "UnknownStep", "Variant", "get",
+           "network_fingerprint"]

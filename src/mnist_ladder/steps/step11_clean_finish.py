@@ -2,9 +2,9 @@
 
 import dataclasses
 
-from .. import models
+from ..engine import models
+from ..engine.step import Step, Variant
 from . import step7_separable, step10_pool_later
-from .base import Step, Variant
 
 RECIPE = dataclasses.replace(step10_pool_later.RECIPE, clean_last=5)
 

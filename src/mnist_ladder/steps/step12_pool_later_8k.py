@@ -4,9 +4,9 @@ import dataclasses
 
 from torch import nn
 
-from .. import models
+from ..engine import models
+from ..engine.step import Step, Variant
 from . import step9_adamw
-from .base import Step, Variant
 
 WIDTHS = (10, 12, 16, 12, 16, 32, 44)  # before the pool | transition | after it
 RECIPE = dataclasses.replace(step9_adamw.RECIPE, clean_last=5)

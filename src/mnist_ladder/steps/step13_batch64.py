@@ -2,9 +2,9 @@
 
 import dataclasses
 
-from .. import models
+from ..engine import models
+from ..engine.step import Step, Variant
 from . import step7_separable, step11_clean_finish
-from .base import Step, Variant
 
 RECIPE = dataclasses.replace(step11_clean_finish.RECIPE, batch_size=64)
 NARROW_3K = (6, 8, 10, 8, 10, 14, 20)  # Step 13's widths cut to 2,978 parameters

@@ -2,9 +2,9 @@
 
 from torch import nn
 
-from .. import models
+from ..engine import models
+from ..engine.step import Step
 from . import step13_batch64
-from .base import Step
 
 RECIPE = step13_batch64.STEP.variant("front-3k-batch32").recipe  # Step 13's, batch 32
 

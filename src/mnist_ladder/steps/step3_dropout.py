@@ -1,7 +1,7 @@
 from torch import nn
 
-from ..models import Conv, Net
-from .base import Recipe, SeedResults, Step
+from ..engine.models import Conv, Net
+from ..engine.step import Recipe, SeedResults, Step
 
 
 def build() -> nn.Module:

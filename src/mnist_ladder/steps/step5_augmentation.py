@@ -1,5 +1,5 @@
-from ..augment import SEED_AUGMENT
-from .base import Recipe, SeedResults, Step
+from ..engine.augment import SEED_AUGMENT
+from ..engine.step import Recipe, SeedResults, Step
 from .step4_capacity import build
 
 STEP = Step(

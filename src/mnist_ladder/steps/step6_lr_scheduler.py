@@ -1,8 +1,8 @@
 from torch import nn
 
-from ..augment import SEED_AUGMENT
-from ..models import Conv, Net
-from .base import Recipe, SeedResults, Step
+from ..engine.augment import SEED_AUGMENT
+from ..engine.models import Conv, Net
+from ..engine.step import Recipe, SeedResults, Step
 
 
 def build() -> nn.Module:

@@ -9,8 +9,8 @@ import dataclasses
 
 from torch import nn
 
-from ..augment import Augment
-from ..models import (
+from ..engine.augment import Augment
+from ..engine.models import (
     Conv,
     Dropout,
     Net,
@@ -22,8 +22,8 @@ from ..models import (
     separable_net,
     spatial_head_net,
 )
+from ..engine.step import Recipe, Step, Variant
 from . import step6_lr_scheduler
-from .base import Recipe, Step, Variant
 
 
 def build_bn_after_depthwise() -> nn.Module:

@@ -4,10 +4,10 @@ import dataclasses
 
 from torch import nn
 
-from .. import models
-from ..augment import SEED_AUGMENT
+from ..engine import models
+from ..engine.augment import SEED_AUGMENT
+from ..engine.step import Step, Variant
 from . import step7_separable
-from .base import Step, Variant
 
 WIDTHS = (10, 20, 12, 20, 32, 40)  # Step 7's layers, wider
 

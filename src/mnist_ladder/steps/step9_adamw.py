@@ -4,9 +4,9 @@ import dataclasses
 
 from torch import nn
 
-from .. import models
+from ..engine import models
+from ..engine.step import Step, Variant
 from . import step7_separable, step8_wider
-from .base import Step, Variant
 
 RECIPE = step7_separable.ADAMW
 

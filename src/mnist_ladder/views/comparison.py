@@ -21,14 +21,13 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats
-from torch import nn
 
-from .steps import Recipe
+from ..core.errors import LadderError
+from ..core.goal import LAST, MIN_SEEDS, TARGET
+from ..runs.results import Side
+from ..steps import Recipe
 from .summary import LayerRow, layer_rows
 
-TARGET = 99.4
-LAST = 3  # "held" means: in each of the last 3 epochs
-MIN_SEEDS = 3  # fewer on a side and a difference is not judged
 CONFIDENCE = 0.95
 
 METRIC_NAMES = {"test_acc": "test accuracy", "val_acc": "validation accuracy"}
@@ -41,18 +40,8 @@ PROTOCOLS = {
 }
 
 
-class CompareError(ValueError):
+class CompareError(LadderError, ValueError):
     """Two sides that cannot be compared; the message is one line for the user."""
-
-
-@dataclass(frozen=True)
-class Side:
-    label: str  # what the user typed: a step, variant, user step file, or run id
-    params: int
-    recipe: Recipe
-    protocol: str  # test | val | val-only, with ":train=...,eval=..." for a data subset
-    runs: Mapping[int, Sequence[Mapping]]  # seed -> that run's per-epoch rows, oldest first
-    model: nn.Module | None = None  # a freshly built model, for the per-layer diff
 
 
 @dataclass(frozen=True)

@@ -26,17 +26,18 @@ import optuna
 import sqlalchemy.exc
 import torch
 
-from . import family
-from .augment import SEED_AUGMENT
-from .data import MNIST
-from .models import count_parameters
-from .steps import Recipe
-from .train import fit, prepare
+from ..engine import family
+from ..engine.augment import SEED_AUGMENT
+from ..engine.data import MNIST
+from ..engine.models import count_parameters
+from ..steps import Recipe
+from ..engine.train import fit, prepare
+from ..core.errors import LadderError
 
 LAST = 3
 
 
-class SweepError(ValueError):
+class SweepError(LadderError, ValueError):
     pass
 
 

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import ctypes
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,17 +22,15 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
+from ..core.errors import ConfigError
 from . import augment as aug
 from . import fused
 from .data import MEAN, MNIST, STD
-from .steps import Recipe, Step
+from .layouts import apply
+from .step import Recipe, Step
 
 VAL_SIZE = 10_000  # the validation protocol holds out the last 10,000 training images
 EPOCH_CHUNK = 8192  # images augmented at once: large enough to amortize, small enough for memory
-
-
-class ConfigError(ValueError):
-    """A bad argument: reported as one line, never a traceback."""
 
 
 # ---------------------------------------------------------------- device and precision
@@ -338,7 +334,6 @@ def set_determinism(seed: int) -> None:
 
 def build_model(step: Step, device: torch.device, layout: str = "cl") -> nn.Module:
     """`step`'s model on `device` in memory layout `layout` (a name in `layout.LAYOUTS`)."""
-    from .layout import apply  # here: layout.py imports this module
     return apply(step.build(), layout).to(device)
 
 
@@ -355,18 +350,6 @@ def new_state(step: Step, recipe: Recipe, data: DeviceData, seed: int,
     ema = (AveragedModel(model, multi_avg_fn=ema_update(recipe.ema), use_buffers=True)
            if recipe.ema else None)
     return TrainState(model, optimizer, scheduler, per_batch, generator, ema)
-
-
-def save_atomic(obj: object, path: Path) -> None:
-    """Write beside, then rename: a crash or a full disk leaves the previous file, never half
-    of one, and no temporary behind."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def fit(step: Step, data: DeviceData, recipe: Recipe, *, seed: int = 1, amp: bool = False,

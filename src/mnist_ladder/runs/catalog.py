@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from . import steps
-from .models import count_parameters
-from .steps import Step, UnknownStep
+from .. import steps
+from ..engine.models import count_parameters
+from ..steps import Step, UnknownStep
+from ..core.errors import LadderError
 
 # Step files being run right now: a file that looks steps up (`ml.step("step6")`) while it
 # loads must not load itself again.
@@ -29,7 +30,7 @@ _loading: set[Path] = set()
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")  # no '.', which separates a step from its variant
 
 
-class StepFileError(ValueError):
+class StepFileError(LadderError, ValueError):
     """A user's step file that cannot be used: one line for the user."""
 
 

@@ -13,20 +13,16 @@ from pathlib import Path
 
 import torch
 
-from . import data, steps
-from .catalog import Catalog, StepFileError, catalog
-from .comparison import CompareError
-from .experiment import RunError, execute, make_spec
-from .export import ExportError
-from .family import ArchError
-from .models import count_parameters
-from .predict import PredictError
-from .report import ReportError
-from .steps import UnknownStep
-from .store import Store, StoreError, Stores, default_db_path, reference_db_path, reference_dir
-from .summary import summary_table
-from .sweep import SweepError
-from .train import ConfigError, pick_amp, pick_device
+from .. import steps
+from ..core.errors import LadderError
+from ..engine import data
+from ..engine.models import count_parameters
+from ..runs.catalog import Catalog, StepFileError, catalog
+from ..runs.experiment import RunOptions, make_spec
+from ..runs.store import Store, StoreError, Stores, default_db_path, reference_db_path, reference_dir
+from ..runs.sweep import SweepError
+from ..views.comparison import CompareError
+from ..views.summary import summary_table
 
 
 class Parser(argparse.ArgumentParser):
@@ -39,7 +35,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def layout_choices() -> tuple[str, ...]:
-    from .layout import CHOICES
+    from ..engine.layouts import CHOICES
     return CHOICES
 
 
@@ -109,7 +105,7 @@ def open_stores(a: argparse.Namespace) -> Stores:
 
 
 def study_name(text: str) -> str:
-    from .sweep import SweepError, check_study_name
+    from ..runs.sweep import check_study_name
     try:
         return check_study_name(text)
     except SweepError as e:
@@ -156,15 +152,17 @@ def cmd_summary(a: argparse.Namespace) -> int:
     return 0
 
 
-def _device_and_amp(a: argparse.Namespace) -> tuple[torch.device, bool]:
-    device = pick_device(a.device)
-    return device, pick_amp(a.precision, device)
+def run_options(a: argparse.Namespace) -> RunOptions:
+    return RunOptions.pick(a.device, a.precision, layout=a.layout, out_dir=str(a.out),
+                           threads=a.threads, data_dir=a.data_dir and str(a.data_dir),
+                           idx_dir=a.idx_dir and str(a.idx_dir))
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from .experiment import Spec, load_checkpoint, register_folder, resolve_step
-    from .results import reference_set, verdict_line
-    device, amp = _device_and_amp(a)
+    from ..runs.experiment import Spec, resolve_step, resume_target, run
+    from ..runs.results import headline_key, reference_set, verdict_line
+    options = run_options(a)
+    device, amp = torch.device(options.device), options.amp
     if a.threads:
         torch.set_num_threads(a.threads)
     # A bad step name or file is reported before anything (the store included) is created.
@@ -172,24 +170,10 @@ def cmd_run(a: argparse.Namespace) -> int:
     with Store(write_db(a)) as store:
         resume = None
         if a.resume:
-            folder = Path(a.resume)
-            if folder.is_dir() and (folder / "config.json").is_file():
-                run_id = json.loads((folder / "config.json").read_text())["id"]
-                try:
-                    resume = store.run(run_id)
-                except StoreError:  # the store lost it (deleted or replaced under the run)
-                    resume = register_folder(folder, store)
-                    print(f"{run_id} was not in {store.path}: recorded again from its folder")
-            else:
-                resume = store.run(a.resume)
-            if resume.effective_status == "finished":
-                raise RunError(f"run {resume.id} already finished")
-            if resume.effective_status == "running":
-                raise RunError(f"run {resume.id} is still running (pid {resume.pid} on {resume.host})")
-            spec = Spec.from_dict(load_checkpoint(Path(resume.run_dir) / "checkpoint.pt")["spec"])
+            resume, spec = resume_target(store, a.resume)
             step = resolve_step(spec)
         elif a.from_trial:
-            from . import sweep
+            from ..runs import sweep
             name, number = a.from_trial
             arch, recipe, _ = sweep.trial_config(name, number, study_storages(a))
             recipe = dataclasses.replace(recipe, epochs=a.epochs or recipe.epochs,
@@ -208,11 +192,9 @@ def cmd_run(a: argparse.Namespace) -> int:
               + (f", CPU threads: {torch.get_num_threads()})" if device.type == "cpu" else ")")
               + f"; results go to {store.path}")
         print(summary_table(model))
-        mnist = data.load(a.data_dir, a.idx_dir)
-        row = execute(spec, mnist, store, a.out, device=device, amp=amp, resume=resume, step=step,
-                      layout=a.layout)
+        row = run(spec, store, options, resume=resume, step=step)
         hist = store.epochs(row.id)
-    key = "test_acc" if spec.test else "val_acc"
+    key = headline_key(row.protocol)
     best = max(h[key] for h in hist)
     print(f"run {row.id}: best {key[:-4]} {best:.2f}%, final {hist[-1][key]:.2f}%, "
           f"{row.wall_seconds:.0f}s -> {row.run_dir}")
@@ -251,26 +233,28 @@ def cmd_ladder(a: argparse.Namespace) -> int:
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
-    from .experiment import Task, made_by_other_code, run_task
-    device, amp = _device_and_amp(a)
+    from ..runs.experiment import Task, made_by_other_code, run_task
+    options = run_options(a)
+    device = torch.device(options.device)
     ladder = ladder_of(a)
     chosen = [ladder.get(name) for name in (a.steps or list(ladder.steps))]
     data.fetch(a.data_dir, a.idx_dir)  # once, before any worker needs it
     db = str(write_db(a))
     Store(db).close()
     threads = a.threads or (max(1, (os.cpu_count() or 1) // a.jobs) if device.type == "cpu" else 1)
+    options = dataclasses.replace(options, threads=threads)
     tasks = [Task(make_spec(step, seed, val=a.val or a.val_only, epochs=a.epochs,
                             train_limit=a.train_limit, eval_limit=a.eval_limit,
-                            test=not a.val_only),
-                  db, str(a.out), str(device), amp, threads, a.layout)
+                            test=not a.val_only), db, options)
              for seed in a.seeds for step in chosen]
     a.steps = [s.name for s in chosen]
     print(f"{len(tasks)} runs: steps {', '.join(a.steps)} x seeds {a.seeds}; {a.jobs} job(s)")
     with Store(db) as store:
         rerun = [(t, row) for t in tasks if (row := made_by_other_code(t, store))]
     if rerun:  # said up front: a changed source file (any) re-runs them, which can take hours
-        print(f"{len(rerun)} of them finished before with other code (the package's sources "
-              f"have changed since), and run again: "
+        print(f"{len(rerun)} of them finished before with other code (their training identity "
+              "differs: the engine, the step's network or recipe, the precision or torch), and "
+              "run again: "
               + ", ".join(f"{t.spec.step} seed {t.spec.seed} ({row.id})" for t, row in rerun))
     if a.jobs == 1:
         for t in tasks:
@@ -288,7 +272,7 @@ def cmd_ladder(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from .report import write_report
+    from ..views.report import write_report
     dbs = read_dbs(a)
     if a.report_path:
         out = a.report_path
@@ -354,14 +338,14 @@ def cmd_export(a: argparse.Namespace) -> int:
 def study_storages(a: argparse.Namespace) -> list[str]:
     """Where to look for an existing study: --storage alone if given, else the user's own
     sweeps.db (beside the results store), then the project's reference studies."""
-    from . import sweep
+    from ..runs import sweep
     if a.storage:
         return [a.storage]
     return [sweep.default_storage(Path(a.db or default_db_path())), sweep.reference_storage()]
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
-    from . import sweep
+    from ..runs import sweep
     url = a.storage or sweep.default_storage(write_db(a))
     if a.what:
         if a.what[0] != "report" or len(a.what) != 2:
@@ -379,8 +363,9 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     cfg = sweep.SweepConfig(a.study, url, a.trials, a.epochs, a.budget, a.multi_objective,
                             sweep.parse_fixed(a.fix), a.train_limit, a.eval_limit,
                             heartbeat=a.heartbeat)
-    device, amp = _device_and_amp(a)
-    study = sweep.run_sweep(cfg, lambda: data.load(a.data_dir, a.idx_dir), device, amp)
+    options = RunOptions.pick(a.device, a.precision)
+    study = sweep.run_sweep(cfg, lambda: data.load(a.data_dir, a.idx_dir),
+                            torch.device(options.device), options.amp)
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     print(f"study {a.study}: {len(study.trials)} trials, {len(done)} complete"
           + (f"; best value {study.best_value:.2f}% (trial {study.best_trial.number}, "
@@ -424,10 +409,10 @@ def cmd_runs(a: argparse.Namespace) -> int:
 
 
 def cmd_show(a: argparse.Namespace) -> int:
-    from .experiment import epoch_line
+    from ..engine.train import EpochResult
+    from ..runs.experiment import epoch_line
+    from ..steps import Recipe
     from .predict import writable_folder
-    from .steps import Recipe
-    from .train import EpochResult
     if a.figures:
         writable_folder(a.figures)  # checked before any work
     with open_stores(a) as stores:
@@ -458,9 +443,9 @@ def cmd_show(a: argparse.Namespace) -> int:
 def show_figures(a: argparse.Namespace, run: str, stores: Stores) -> None:
     """`ladder show RUN --figures DIR`: what the run's final model sees (insight.py), on the
     MNIST test set, as the report draws it."""
-    from . import insight
+    from ..engine.train import normalize, predict, to_unit
+    from ..views import insight
     from .predict import load_model, resolve_run
-    from .train import normalize, predict, to_unit
     model, _ = load_model(resolve_run(run, stores))
     mnist = data.load(a.data_dir, a.idx_dir)
     pred = predict(model, normalize(to_unit(mnist.test_images))).argmax(1)
@@ -482,7 +467,7 @@ def cmd_new(a: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     try:
-        from .catalog import load_file
+        from ..runs.catalog import load_file
         load_file(out)
     except StepFileError:
         out.unlink()
@@ -494,8 +479,8 @@ def cmd_new(a: argparse.Namespace) -> int:
 
 def cmd_compare(a: argparse.Namespace) -> int:
 
-    from . import comparison
-    from .results import main_set, run_sets
+    from ..runs.results import main_set, run_sets
+    from ..views import comparison
     ladder = ladder_of(a)
     with open_stores(a) as stores:
         sides = []
@@ -527,7 +512,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def looks_like_step(name: str, ladder: Catalog) -> bool:
-    from .catalog import looks_like_path
+    from ..runs.catalog import looks_like_path
     return looks_like_path(name) or name.partition(".")[0] in ladder.steps
 
 
@@ -735,8 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # signal docs: stdout to devnull so that the final flush cannot fail again, no message.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (UnknownStep, ConfigError, data.DataError, StoreError, RunError, PredictError,
-            SweepError, ArchError, ExportError, StepFileError, CompareError, ReportError) as e:
+    except LadderError as e:
         print(f"ladder: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

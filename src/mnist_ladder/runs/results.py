@@ -12,16 +12,28 @@ from __future__ import annotations
 import dataclasses
 import statistics
 from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 
-from .comparison import LAST, MIN_SEEDS, TARGET, Side
-from .steps import Step
+from torch import nn
+
+from ..core.goal import BUDGET, LAST, MIN_SEEDS, TARGET
+from ..core.goal import held as holds_target
+from ..engine.identity import fingerprint
+from ..engine.step import Recipe, Step
 from .store import RunRow
-
-BUDGET = 8_000  # the mission's parameter budget
-
 
 def headline_key(protocol: str) -> str:
     return "val_acc" if protocol.startswith("val-only") else "test_acc"
+
+
+@dataclass(frozen=True)
+class Side:
+    label: str  # what the user typed: a step, variant, user step file, or run id
+    params: int
+    recipe: Recipe
+    protocol: str  # test | val | val-only, with ":train=...,eval=..." for a data subset
+    runs: Mapping[int, Sequence[Mapping]]  # seed -> that run's per-epoch rows, oldest first
+    model: nn.Module | None = None  # a freshly built model, for the per-layer diff
 
 
 @dataclass
@@ -55,8 +67,16 @@ def is_result_of(row: RunRow, step: Step) -> bool:
     """Whether a stored run is a run of `step` as it is defined now."""
     recipe = dataclasses.replace(step.recipe, epochs=row.recipe.get("epochs", step.recipe.epochs))
     return (row.step == step.name and row.effective_status == "finished"
-            and row.params == step.params and row.source_hash == step.source_hash
-            and recipe.matches(row.recipe))
+            and row.params == step.params and same_source(row, step) and recipe.matches(row.recipe))
+
+
+def same_source(row: RunRow, step: Step) -> bool:
+    """Whether a run was made from the step's source as it is now, its prose aside: a user's
+    step file whose analysis was edited keeps its results."""
+    if row.source_hash == step.source_hash:
+        return True
+    return (row.source is not None and step.source is not None
+            and fingerprint(row.source) == fingerprint(step.source))
 
 
 def run_sets(stores, step: Step, skipped: list[str] | None = None) -> list[RunSet]:
@@ -83,7 +103,7 @@ def why_not(row: RunRow, step: Step) -> str:
         return f"{status}, not finished"
     if row.params != step.params:
         return f"{row.params:,} parameters; {step.name} now has {step.params:,} (an earlier definition)"
-    if row.source_hash != step.source_hash:
+    if not same_source(row, step):
         return f"made from another version of {step.source_file or step.name}'s source"
     return f"recipe differs from {step.name}'s"
 
@@ -134,8 +154,8 @@ def best_run(stores, steps: list[Step]) -> tuple[RunRow, str] | None:
 
 
 def held(epochs: list[dict], key: str = "test_acc") -> bool:
-    """≥ 99.4 in each of the last 3 epochs."""
-    return len(epochs) >= LAST and all(e[key] >= TARGET for e in epochs[-LAST:])
+    """The goal's rule (TARGET in each of the LAST epochs) on a run's stored epochs."""
+    return holds_target([e[key] for e in epochs])
 
 
 def verdict_line(row: RunRow, epochs: list[dict], reference: RunSet | None) -> str:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..core.errors import LadderError
 from .models import Conv, Net, count_parameters
-from .steps import Recipe, Step
+from .step import Recipe, Step
 
 # An architecture may come from a file a user hands us (a model.pt's `arch`): it is checked
 # before anything is allocated. The search space's largest model has 19,532 parameters;
@@ -23,7 +24,7 @@ from .steps import Recipe, Step
 MAX_PARAMS = 1_000_000
 
 
-class ArchError(ValueError):
+class ArchError(LadderError, ValueError):
     """An architecture that is not one of this family's, or too large to build."""
 
 

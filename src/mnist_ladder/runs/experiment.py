@@ -5,7 +5,6 @@ the results store, checkpointed every epoch so an interrupted run continues wher
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -20,39 +19,27 @@ from pathlib import Path
 
 import torch
 
-from . import steps
-from .data import MNIST
-from .models import count_parameters
-from .steps import Recipe, Step
+from .. import steps
+from ..core.errors import LadderError
+from ..core.files import write_atomic
+from ..engine.data import MNIST
+from ..engine.models import count_parameters
+from ..steps import Recipe, Step
+from .identity import training_identity
 from .store import Heartbeat, RunClaimed, RunRow, Store, StoreError, new_owner, now
-from .train import EpochResult, TrainState, fit, new_state, prepare, save_atomic
+from ..engine.identity import engine_hash
+from ..engine.probe import resolve
+from ..engine.train import EpochResult, TrainState, fit, new_state, pick_amp, pick_device, prepare
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 CHECKPOINT, WEIGHTS, CONFIG, METRICS = "checkpoint.pt", "model.pt", "config.json", "metrics.json"
 # Final weights up to this size also go into the results store, which is committed with the
 # project: every step's network (tens of kB) fits; Step 0's 25 MB baseline would bloat it.
 STORE_WEIGHTS_MAX_BYTES = 1 << 20
 
 
-class RunError(RuntimeError):
+class RunError(LadderError, RuntimeError):
     pass
-
-
-def _hash_sources() -> str:
-    h = hashlib.sha256()
-    for p in sorted(PACKAGE_DIR.rglob("*.py")):
-        h.update(p.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()[:16]
-
-
-# Read once, when the package is imported: the sources this process runs. Hashing the files at
-# each run's start would credit a long `ladder ladder` run to any edit made while it ran.
-_CODE_HASH = _hash_sources()
-
-
-def code_hash() -> str:
-    """sha256 of the package's own sources as imported: the code version a result came from."""
-    return _CODE_HASH
 
 
 def git_info() -> tuple[str | None, int | None]:
@@ -87,6 +74,10 @@ class Spec:
             p += f":train={self.train_limit or 'all'},eval={self.eval_limit or 'all'}"
         return p
 
+    def identity(self, step: Step, amp: bool) -> str:
+        """This spec's training identity (`runs/identity.py`), `step` being its step."""
+        return training_identity(step, self.arch, self.recipe, self.protocol, amp)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["recipe"] = self.recipe.to_dict()
@@ -115,7 +106,7 @@ def resolve_step(spec: Spec) -> Step:
     """The step a spec was made from: built in, a searched architecture, or a user's step file
     (rebuilt from the file on disk, and only while its source is the one the run was made of)."""
     if spec.arch is not None:
-        from .family import as_step
+        from ..engine.family import as_step
         return as_step(spec.step, spec.arch, spec.recipe)
     if spec.step_file is None:
         if spec.step_hash is not None:
@@ -131,6 +122,62 @@ def resolve_step(spec: Spec) -> Step:
                        f"{step.source_hash}, the run's {spec.step_hash}): it is another "
                        "experiment now; start a new run")
     return step
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run runs, as against what it is (its Spec): shared by `ladder run`, `ladder
+    ladder` and `ml.fit`. `device` and `amp` are resolved (`RunOptions.pick`)."""
+
+    device: str = "cpu"
+    amp: bool = False
+    layout: str = "auto"  # the memory layout: `auto` measured once per step and machine
+    out_dir: str = "runs"  # where run folders go
+    threads: int | None = None  # CPU threads; None: torch's default
+    data_dir: str | None = None  # MNIST's cache folder (`--data-dir`); None: the default
+    idx_dir: str | None = None  # a folder of IDX files to read MNIST from (`--idx-dir`)
+
+    @classmethod
+    def pick(cls, device: str = "auto", precision: str = "auto", **kwargs) -> RunOptions:
+        """`--device` and `--precision` as given (auto, cpu, cuda; auto, bf16, off)."""
+        dev = pick_device(device)
+        return cls(str(dev), pick_amp(precision, dev), **kwargs)
+
+
+def run(spec: Spec, store: Store, options: RunOptions, *, resume: RunRow | None = None,
+        step: Step | None = None, log: Callable[[str], None] = print,
+        on_result: Callable[[EpochResult], None] | None = None) -> RunRow:
+    """`execute` with MNIST loaded and the options applied: what every front end calls."""
+    from ..engine.data import load
+    mnist = load(options.data_dir and Path(options.data_dir), options.idx_dir and Path(options.idx_dir))
+    return execute(spec, mnist, store, Path(options.out_dir), device=torch.device(options.device),
+                   amp=options.amp, resume=resume, step=step, layout=options.layout, log=log,
+                   on_result=on_result)
+
+
+def resume_target(store: Store, ref: str) -> tuple[RunRow, Spec]:
+    """The one resume path (`ladder run --resume`, `ml.fit(resume=...)`): the interrupted run
+    named by its id or its folder (a folder whose run the store lost enters it again), and the
+    spec its checkpoint holds. A run that finished, or that a live process trains, is refused."""
+    folder = Path(ref)
+    if folder.is_dir() and (folder / CONFIG).is_file():
+        try:
+            run_id = json.loads((folder / CONFIG).read_text())["id"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise RunError(f"{folder}: not a run folder (no readable {CONFIG})") from e
+        try:
+            row = store.run(run_id)
+        except StoreError:  # the store lost it (deleted or replaced under the run)
+            row = register_folder(folder, store)
+            print(f"{run_id} was not in {store.path}: recorded again from its folder")
+    else:
+        row = store.run(ref)
+    if row.effective_status == "finished":
+        raise RunError(f"run {row.id} already finished")
+    if row.effective_status == "running":
+        raise RunError(f"run {row.id} is still running (pid {row.pid} on {row.host})")
+    spec = Spec.from_dict(load_checkpoint(Path(row.run_dir) / CHECKPOINT)["spec"])
+    return row, spec
 
 
 def new_run_id(spec: Spec) -> str:
@@ -161,14 +208,20 @@ def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: to
     resumed run keeps the one it started with.
     """
     step = step or resolve_step(spec)
+    identity = spec.identity(step, amp)
+    if resume is not None and resume.training_id != identity:
+        made = ("before runs recorded a training identity" if resume.training_id is None
+                else f"with training identity {resume.training_id}")
+        raise RunError(f"run {resume.id} was started {made}; this code's is {identity} (the "
+                       "engine, the step's network or recipe, the precision or torch changed): "
+                       "finishing it here would mix two experiments; start a new run")
     data = prepare(mnist, device, val=spec.val, train_limit=spec.train_limit,
                    eval_limit=spec.eval_limit, test=spec.test)
     ckpt = load_checkpoint(Path(resume.run_dir) / CHECKPOINT) if resume is not None else None
     if ckpt is not None:
         layout = ckpt.get("layout", "cl")
     else:
-        from .layout import resolve
-        layout = resolve(layout, step, spec.recipe, device, amp, data)
+        layout = resolve(layout, step, spec.recipe, device, amp, data, identity=identity)
     state = new_state(step, spec.recipe, data, spec.seed, device, layout)
     owner = new_owner()
     if resume is not None:
@@ -190,17 +243,17 @@ def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: to
             raise RunError(f"cannot create the run folder {run_dir} ({e.strerror or e})") from None
         commit, dirty = git_info()
         row = RunRow(run_id, spec.step, spec.seed, spec.protocol, spec.recipe.to_dict(),
-                     count_parameters(state.model), code_hash(), commit, dirty,
+                     count_parameters(state.model), engine_hash(), commit, dirty,
                      torch.__version__, str(device), int(amp), str(run_dir),
                      socket.gethostname(), os.getpid(), now(), None, "running", None,
                      source_hash=step.source_hash, source_file=step.source_file,
-                     source=step.source, layout=layout)
+                     source=step.source, layout=layout, training_id=identity)
         try:
             store.add_run(row, owner)
         except RunClaimed:
             run_dir.rmdir()
             raise
-        (run_dir / CONFIG).write_text(json.dumps({**asdict(row), "spec": spec.to_dict()}, indent=2))
+        write_atomic(run_dir / CONFIG, json.dumps({**asdict(row), "spec": spec.to_dict()}, indent=2))
         prior_seconds = 0.0
     t0 = time.perf_counter()
 
@@ -208,9 +261,9 @@ def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: to
         wall = prior_seconds + time.perf_counter() - t0
         # The checkpoint first: an epoch in the store is always one a resume can start after.
         try:
-            save_atomic({"spec": spec.to_dict(), "state": st.state_dict(), "wall_seconds": wall,
+            save_torch({"spec": spec.to_dict(), "state": st.state_dict(), "wall_seconds": wall,
                          "layout": layout}, run_dir / CHECKPOINT)
-            (run_dir / METRICS).write_text(json.dumps([asdict(h) for h in st.history], indent=1))
+            write_atomic(run_dir / METRICS, json.dumps([asdict(h) for h in st.history], indent=1))
         except OSError as e:
             raise RunError(f"could not write the checkpoint of epoch {result.epoch} in {run_dir} "
                            f"({e.strerror or e}); the run stops after epoch {result.epoch - 1}: "
@@ -242,7 +295,7 @@ def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: to
     except BaseException as e:
         stop("failed", f"{type(e).__name__}: {e}")
         raise
-    save_atomic({"step": spec.step, "arch": spec.arch, "params": count_parameters(state.model),
+    save_torch({"step": spec.step, "arch": spec.arch, "params": count_parameters(state.model),
                  "step_file": spec.step_file, "step_hash": spec.step_hash,
                  "state_dict": state.eval_model.state_dict()}, run_dir / WEIGHTS)
     if (run_dir / WEIGHTS).stat().st_size <= STORE_WEIGHTS_MAX_BYTES:
@@ -250,6 +303,10 @@ def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: to
     store.set_status(run_id, "finished", prior_seconds + time.perf_counter() - t0)
     store.release(run_id, owner)
     return store.run(run_id)
+
+
+def save_torch(obj: object, path: Path) -> None:
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def register_folder(run_dir: Path, store: Store) -> RunRow:
@@ -277,7 +334,7 @@ def weights_file(row: RunRow, store) -> Path | None:
     """A finished run's model.pt: its run folder's, else the copy in the results store, which
     is checked first and then kept in the user's cache (never written where a store row says:
     a store is data, not a list of places to write)."""
-    from .data import default_cache_dir
+    from ..engine.data import default_cache_dir
     path = Path(row.run_dir) / WEIGHTS
     if path.is_absolute() and path.is_file():
         return path
@@ -291,11 +348,7 @@ def weights_file(row: RunRow, store) -> Path | None:
     except Exception as e:
         raise RunError(f"run {row.id}: the weights in the store are not a loadable model "
                        f"({_first_line(e)})") from None
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_name(cached.name + f".{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(cached)
-    return cached
+    return write_atomic(cached, data, make_parent=True)
 
 
 def _first_line(e: BaseException) -> str:
@@ -322,40 +375,40 @@ def load_checkpoint(path: Path) -> dict:
 
 @dataclass(frozen=True)
 class Task:
+    """One run for `ladder ladder`: a spec, the store it goes to, and how it runs."""
+
     spec: Spec
     db: str
-    out_dir: str
-    device: str
-    amp: bool
-    threads: int
-    layout: str = "auto"
+    options: RunOptions
 
 
 def made_by_other_code(task: Task, store: Store) -> RunRow | None:
-    """A finished run of this task's configuration that older (or other) code made: the task
-    runs again, since a result is tied to the code that produced it."""
-    key = (task.spec.step, task.spec.seed, task.spec.protocol, task.spec.recipe)
-    if store.find_finished(*key, code_hash(), task.spec.step_hash):
+    """A finished run of this task's step and seed that other code (another training identity)
+    made, when none has this one: the task runs again, since a result is tied to what made it."""
+    identity = task_identity(task)
+    if store.find_finished(task.spec.step, task.spec.seed, identity):
         return None
-    return store.find_finished(*key, None, task.spec.step_hash)
+    return store.find_finished(task.spec.step, task.spec.seed, None)
+
+
+def task_identity(task: Task) -> str:
+    return task.spec.identity(resolve_step(task.spec), task.options.amp)
 
 
 def run_task(task: Task) -> tuple[str, str]:
-    """Run one spec, skipping it if finished with this code, resuming it if interrupted.
+    """Run one spec, skipping it if finished with this identity, resuming it if interrupted.
     Module-level so that worker processes can run it."""
-    from .data import load
-    torch.set_num_threads(task.threads)
+    if task.options.threads:
+        torch.set_num_threads(task.options.threads)
     with Store(task.db) as store:
-        key = (task.spec.step, task.spec.seed, task.spec.protocol, task.spec.recipe,
-               code_hash(), task.spec.step_hash)
-        if done := store.find_finished(*key):
-            return done.id, "skipped (already finished with this recipe and code)"
-        resume = store.find_resumable(*key)
+        identity = task_identity(task)
+        if done := store.find_finished(task.spec.step, task.spec.seed, identity):
+            return done.id, "skipped (already finished with this training identity)"
+        resume = store.find_resumable(task.spec.step, task.spec.seed, identity)
         name = f"{task.spec.step} seed {task.spec.seed}"
         try:
-            row = execute(task.spec, load(), store, Path(task.out_dir), device=torch.device(task.device),
-                          amp=task.amp, resume=resume, layout=task.layout,
-                          log=lambda s: print(f"[{name}] {s}", flush=True))
+            row = run(task.spec, store, task.options, resume=resume,
+                      log=lambda s: print(f"[{name}] {s}", flush=True))
         except RunClaimed as e:
             return resume.id if resume else "-", f"skipped: {e}"
         return row.id, "resumed and finished" if resume else "finished"

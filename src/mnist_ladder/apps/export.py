@@ -11,10 +11,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core.errors import LadderError
 from .predict import WithNormalization
 
 
-class ExportError(ValueError):
+class ExportError(LadderError, ValueError):
     """The export could not be written: one line for the user."""
 
 

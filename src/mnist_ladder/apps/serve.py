@@ -40,11 +40,19 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from torch import nn
 
-from .catalog import catalog
-from .experiment import WEIGHTS
-from .predict import PredictError, decode_image, load_model, mnist_style, predict_arrays, resolve_run, to_gray
-from .results import best_run
-from .store import StoreError, Stores
+from ..runs.catalog import catalog
+from ..runs.experiment import WEIGHTS
+from ..runs.results import best_run
+from ..runs.store import StoreError, Stores
+from .predict import (
+    PredictError,
+    decode_image,
+    load_model,
+    mnist_style,
+    predict_arrays,
+    resolve_run,
+    to_gray,
+)
 
 STATIC = Path(__file__).with_name("static")
 MAX_UPLOAD = 2 * 1024 * 1024  # a 280x280 canvas PNG is a few KB; a photo still fits

@@ -21,8 +21,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import nn
 
+from ..engine.train import normalize, to_unit
 from .summary import Field, layer_rows
-from .train import normalize, to_unit
 
 DPI = 120  # reads on a laptop screen: the report's figures (report.py imports it) and these
 SPATIAL = 28

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torchinfo
 from torch import nn
 
-from .models import count_parameters
+from ..engine.models import count_parameters
 
 
 @dataclass(frozen=True)

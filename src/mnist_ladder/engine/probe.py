@@ -17,26 +17,21 @@ the same function with the same dropout masks, so results agree up to floating-p
 from __future__ import annotations
 
 import copy
-import functools
-import hashlib
 import json
-import os
 import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
+from ..core.files import write_atomic
 from .data import machine_cache_dir
-from .models import BatchNormNCHW, MaxPool2d, MaxPoolCL
-from .steps import Recipe, Step
+from .layouts import DEFAULT, LAYOUTS, apply, check
+from .step import Recipe, Step
 from .train import (
-    ConfigError,
     DeviceData,
     keep_freed_memory,
     make_optimizer,
@@ -45,43 +40,8 @@ from .train import (
     to_unit,
 )
 
-
-@dataclass(frozen=True)
-class Layout:
-    channels_last: bool  # the convolutions' weights, hence their outputs
-    batchnorm_nchw: bool = False  # BatchNorm on an NCHW copy (`BatchNormNCHW`)
-    pool_channels_last: bool = False  # max-pool on a channels-last copy (`MaxPoolCL`)
-
-
-LAYOUTS = {
-    "cl": Layout(channels_last=True),
-    "cl+bn-nchw": Layout(channels_last=True, batchnorm_nchw=True),
-    "nchw": Layout(channels_last=False),
-    "nchw+pool-cl": Layout(channels_last=False, pool_channels_last=True),
-}
-CHOICES = ("auto", *LAYOUTS)
-DEFAULT = "cl"  # what the ladder used before layouts were measured; the choice on CUDA
 MARGIN = 0.05  # another layout replaces the default only when this much faster: the probe is
 # short, and on a shared machine noise alone should not flip the layout
-
-
-def check(name: str) -> str:
-    if name not in CHOICES:
-        raise ConfigError(f"unknown layout {name!r}; use {', '.join(CHOICES)}")
-    return name
-
-
-def apply(model: nn.Module, name: str) -> nn.Module:
-    """`model` in layout `name`, in place. Modules are swapped for subclasses that hold the
-    same parameters and buffers, so state_dicts load either way."""
-    layout = LAYOUTS[check(name) if name != "auto" else DEFAULT]
-    for module in model.modules():
-        if layout.batchnorm_nchw and type(module) is nn.BatchNorm2d:
-            module.__class__ = BatchNormNCHW
-        if type(module) is nn.MaxPool2d:
-            module.__class__ = MaxPoolCL if layout.pool_channels_last else MaxPool2d
-    fmt = torch.channels_last if layout.channels_last else torch.contiguous_format
-    return model.to(memory_format=fmt)
 
 
 # ---------------------------------------------------------------- the probe
@@ -113,14 +73,14 @@ def measure(step: Step, recipe: Recipe, device: torch.device, amp: bool, data: D
     return {name: statistics.median(ts[1:]) for name, ts in times.items()}
 
 
-def choose(step: Step, recipe: Recipe, device: torch.device, amp: bool, data: DeviceData,
-           log: Callable[[str], None] | None = None) -> str:
+def choose(step: Step, recipe: Recipe, device: torch.device, amp: bool, data: DeviceData, *,
+           identity: str, log: Callable[[str], None] | None = None) -> str:
     """The fastest layout for this step on this machine: from the cache, or measured and
     cached. CUDA keeps channels-last (cuDNN picks its own algorithms)."""
     if device.type != "cpu":
         return DEFAULT
     say = log or (lambda s: print(f"[layout] {s}", file=sys.stderr, flush=True))
-    key = cache_key(step, recipe, amp)
+    key = cache_key(identity)
     cached = read_cache()
     if key in cached and cached[key].get("layout") in LAYOUTS:
         return cached[key]["layout"]
@@ -136,9 +96,12 @@ def choose(step: Step, recipe: Recipe, device: torch.device, amp: bool, data: De
 
 
 def resolve(name: str, step: Step, recipe: Recipe, device: torch.device, amp: bool,
-            data: DeviceData) -> str:
-    """`--layout`'s value as a layout: a named one as is, `auto` measured (or cached)."""
-    return choose(step, recipe, device, amp, data) if check(name) == "auto" else name
+            data: DeviceData, *, identity: str) -> str:
+    """`--layout`'s value as a layout: a named one as is, `auto` measured (or cached) for the
+    run's training identity (`runs/identity.py`)."""
+    if check(name) != "auto":
+        return name
+    return choose(step, recipe, device, amp, data, identity=identity)
 
 
 # ---------------------------------------------------------------- the cache
@@ -153,30 +116,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-# The package's files whose speed the probe measures: a choice measured with other versions
-# of them (an older checkout sharing the cache, as `benchmarks/speed.py --versus` runs one)
-# is not this code's. (kernels.c's layers run only in channels-last: a choice made before them
-# kept Step 13 in NCHW, 0.72x the speed.)
-SPEED_SOURCES = ("kernels.c", "fused.py", "models.py", "layout.py")
-
-
-@functools.cache
-def code_version() -> str:
-    package = Path(__file__).parent
-    h = hashlib.sha256()
-    for name in SPEED_SOURCES:
-        path = package / name
-        h.update(path.read_bytes() if path.exists() else b"")
-    return h.hexdigest()[:12]
-
-
-def cache_key(step: Step, recipe: Recipe, amp: bool) -> str:
-    """What the fastest layout depends on. The model name alone ("AMD EPYC") can hide the
-    vector width, hence torch's CPU capability; torch's version and ours, as kernels change."""
+def cache_key(identity: str) -> str:
+    """What the fastest layout depends on: the machine (the model name alone, "AMD EPYC", can
+    hide the vector width, hence torch's CPU capability; the thread count) and the run's
+    training identity, which covers the engine's sources and kernels, the step's network, the
+    recipe (its batch size), the precision and torch's version. An older checkout sharing the
+    cache (`benchmarks/speed.py --versus`) has another identity, so never reads this choice."""
     return "|".join([cpu_name(), torch.backends.cpu.get_cpu_capability(),
-                     f"{torch.get_num_threads()} threads", f"torch {torch.__version__}",
-                     f"code {code_version()}", step.name, f"batch {recipe.batch_size}",
-                     "bf16" if amp else "fp32"])
+                     f"{torch.get_num_threads()} threads", f"identity {identity}"])
 
 
 def cache_path() -> Path:
@@ -193,10 +140,8 @@ def read_cache() -> dict:
 
 def write_cache(key: str, entry: dict, say: Callable[[str], None]) -> None:
     path = cache_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**read_cache(), key: entry}, indent=1, sort_keys=True))
-        os.replace(tmp, path)  # atomic: concurrent runs each leave a whole file
+    try:  # atomic: concurrent runs each leave a whole file
+        write_atomic(path, json.dumps({**read_cache(), key: entry}, indent=1, sort_keys=True),
+                     make_parent=True, hidden=True)
     except OSError as e:  # a read-only cache costs a probe per run, nothing more
         say(f"could not cache the choice in {path}: {e}")

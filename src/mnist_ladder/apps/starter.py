@@ -8,8 +8,8 @@ import inspect
 import re
 import textwrap
 
-from .augment import Augment
-from .steps import Step
+from ..engine.augment import Augment
+from ..steps import Step
 
 RECIPE_NOTES = {
     "epochs": "epochs to train (the mission: at most 15)",

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.errors import LadderError
+
 # Normalization constants of the seed (computed from the 60,000 training images).
 MEAN, STD = 0.1307, 0.3081
 
@@ -45,7 +47,7 @@ WHEEL_PICKLE = ("mnist/data/mnist.pkl.gz", "f11bb9e41d6c1b6c124aa38fd605497bdcfe
 TIMEOUT_S = 5.0
 
 
-class DataError(RuntimeError):
+class DataError(LadderError, RuntimeError):
     """MNIST could not be obtained or failed verification."""
 
 

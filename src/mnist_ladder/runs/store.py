@@ -23,10 +23,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .steps.base import Recipe
+from ..core.errors import LadderError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -73,12 +70,16 @@ ADDED_COLUMNS = (
     ("lease_owner", "TEXT"),  # who trains the run now, and until when (unix seconds)
     ("lease_until", "REAL"),
     ("layout", "TEXT"),  # the memory layout the run trained in
+    ("training_id", "TEXT"),  # what determines its training (runs/identity.py); NULL before 0.2
 )
+# SQLite's user_version: 0 for every store before versions were recorded (their tables are
+# this version's less the columns above); bumped, with a migration, by each later change.
+SCHEMA_VERSION = 1
 LEASE_SECONDS = 60.0  # a run whose lease lapsed this long ago has no live process
 HEARTBEAT_SECONDS = 15.0
 
 
-class StoreError(RuntimeError):
+class StoreError(LadderError, RuntimeError):
     pass
 
 
@@ -89,7 +90,7 @@ class RunClaimed(StoreError):
 # The project's reference results (committed with it) live in `results/` at the root of the
 # checkout this package is installed from (an editable install); a user's own runs go to a
 # git-ignored working store, `runs/ladder.db` in the current directory, unless told otherwise.
-CHECKOUT_DIR = Path(__file__).resolve().parents[2]
+CHECKOUT_DIR = Path(__file__).resolve().parents[3]
 
 
 def default_db_path() -> Path:
@@ -140,6 +141,7 @@ class RunRow:
     lease_owner: str | None = None
     lease_until: float | None = None
     layout: str | None = None
+    training_id: str | None = None
 
     @property
     def effective_status(self) -> str:
@@ -178,22 +180,32 @@ class Store:
         try:
             if self.readonly:
                 self.db = _connect_readonly(self.path)
+                self._check_version()
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.db = sqlite3.connect(self.path, timeout=30)
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA foreign_keys=ON")
+                self._check_version()
                 self.db.executescript(SCHEMA)
                 have = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
                 with self.db:
                     for name, kind in ADDED_COLUMNS:
                         if name not in have:
                             self.db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+                    self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self.db.row_factory = sqlite3.Row
             self.db.execute("SELECT 1 FROM runs LIMIT 1")  # a file that is not a store fails here
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"results store {self.path}: {e}") from e
         self._identity = _file_identity(self.path)
+
+    def _check_version(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"results store {self.path} has schema version {version}, made by a "
+                             f"newer mnist-ladder (this one reads up to {SCHEMA_VERSION}): upgrade "
+                             "mnist-ladder to read it")
 
     def close(self) -> None:
         """A writer folds its write-ahead log into the database file as it closes, even while
@@ -232,9 +244,8 @@ class Store:
         try:
             if owner is not None:
                 twins = self.db.execute(
-                    "SELECT * FROM runs WHERE step=? AND seed=? AND protocol=? AND recipe=? "
-                    "AND source_hash IS ? AND status='running'",
-                    (row.step, row.seed, row.protocol, d["recipe"], row.source_hash)).fetchall()
+                    "SELECT * FROM runs WHERE step=? AND seed=? AND training_id IS ? "
+                    "AND status='running'", (row.step, row.seed, row.training_id)).fetchall()
                 live = [t for t in map(self._row, twins) if t.effective_status == "running"]
                 if live:
                     raise RunClaimed(f"{row.step} seed {row.seed} ({row.protocol}) is being "
@@ -335,25 +346,19 @@ class Store:
     def ids_with_weights(self) -> set[str]:
         return {r["run_id"] for r in self.db.execute("SELECT run_id FROM weights")}
 
-    def find_finished(self, step: str, seed: int, protocol: str, recipe: Recipe,
-                      code_hash: str | None, source_hash: str | None = None) -> RunRow | None:
-        """A finished run of this configuration, made by this code (any code: None). A user
-        step's source is part of the configuration: an edited step file is another experiment."""
+    def find_finished(self, step: str, seed: int, training_id: str | None) -> RunRow | None:
+        """A finished run of this step and seed with this training identity (any: None)."""
         for r in self.runs(step):
-            if ((r.seed, r.protocol, r.status, r.source_hash) == (seed, protocol, "finished",
-                                                                  source_hash)
-                    and code_hash in (None, r.code_hash) and recipe.matches(r.recipe)):
+            if (r.seed, r.status) == (seed, "finished") and training_id in (None, r.training_id):
                 return r
         return None
 
-    def find_resumable(self, step: str, seed: int, protocol: str, recipe: Recipe,
-                       code_hash: str, source_hash: str | None = None) -> RunRow | None:
-        """The interrupted run of this configuration that got furthest (the latest if tied):
-        two attempts can both have been cut, and the shorter one must not win."""
-        found = [r for r in self.runs(step)
-                 if (r.seed, r.protocol, r.code_hash, r.source_hash)
-                 == (seed, protocol, code_hash, source_hash)
-                 and r.effective_status == "interrupted" and recipe.matches(r.recipe)]
+    def find_resumable(self, step: str, seed: int, training_id: str) -> RunRow | None:
+        """The interrupted run of this step, seed and training identity that got furthest
+        (the latest if tied): two attempts can both have been cut, and the shorter one must
+        not win."""
+        found = [r for r in self.runs(step) if (r.seed, r.training_id) == (seed, training_id)
+                 and r.effective_status == "interrupted"]
         return max(found, key=lambda r: (len(self.epochs(r.id)), r.started), default=None)
 
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
-from ..augment import Augment
+from .augment import Augment
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class Step:
 
     def __post_init__(self) -> None:
         if self.params is None:
-            from ..models import count_parameters
+            from .models import count_parameters
             object.__setattr__(self, "params", count_parameters(self.build()))
 
     @property

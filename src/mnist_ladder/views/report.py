@@ -21,16 +21,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from . import comparison, insight, steps
-from .catalog import Catalog
+from .. import steps
+from ..core.errors import LadderError
+from ..runs.catalog import Catalog
+from ..runs.experiment import STORE_WEIGHTS_MAX_BYTES, weights_file
+from ..runs.results import BUDGET, first_test_run, run_sets
+from ..runs.store import RunRow, StoreError, Stores
+from . import comparison, insight
 from .comparison import LAST, TARGET
-from .experiment import STORE_WEIGHTS_MAX_BYTES, weights_file
-from .results import BUDGET, first_test_run, run_sets
-from .store import RunRow, StoreError, Stores
 from .summary import summary_table
 
 
-class ReportError(RuntimeError):
+class ReportError(LadderError, RuntimeError):
     """The report cannot be built (no store to read): the old report is left as it was."""
 
 
@@ -247,14 +249,14 @@ def plot_curves(res: StepResults, path: Path) -> None:
 
 def trained_model(weights: Path, step: steps.Step) -> torch.nn.Module:
     """The step's network with a run's final weights, in eval mode."""
-    from .experiment import load_checkpoint
+    from ..runs.experiment import load_checkpoint
     model = step.build()
     model.load_state_dict(load_checkpoint(weights)["state_dict"])
     return model.eval()
 
 
 def predictions(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    from .train import normalize, predict, to_unit
+    from ..engine.train import normalize, predict, to_unit
     return predict(model, normalize(to_unit(images))).argmax(1)
 
 

@@ -20,17 +20,18 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
-from . import steps
-from .data import MEAN, STD
-from .experiment import WEIGHTS, RunError, load_checkpoint, weights_file
-from .store import StoreError
+from .. import steps
+from ..core.errors import LadderError
+from ..engine.data import MEAN, STD
+from ..runs.experiment import WEIGHTS, RunError, load_checkpoint, weights_file
+from ..runs.store import StoreError
 
 MAX_PIXELS = 40_000_000  # refused before decoding: a 20,000 x 20,000 image is 400M pixels
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own bomb check, at the same limit
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm"}
 
 
-class PredictError(ValueError):
+class PredictError(LadderError, ValueError):
     """A bad image or model: one line for the user."""
 
 
@@ -49,8 +50,8 @@ def resolve_run(run: str, stores, say=None) -> Path:
         raise PredictError(f"{p}: no {WEIGHTS} in this folder (did the run finish?)")
     try:
         if run == "best":
-            from .catalog import catalog
-            from .results import best_run
+            from ..runs.catalog import catalog
+            from ..runs.results import best_run
             found = best_run(stores, list(catalog()))
             if found is None:
                 raise PredictError("no step under 8,000 parameters has 3 or more finished "
@@ -81,13 +82,13 @@ def load_model(weights: Path) -> tuple[nn.Module, str]:
     step_name, arch = ckpt["step"], ckpt.get("arch")
     try:
         if arch:
-            from .family import ArchError, build
+            from ..engine.family import ArchError, build
             try:
                 model = build(arch)
             except ArchError as e:
                 raise PredictError(f"{weights}: {e}") from None
         elif ckpt.get("step_file"):
-            from .experiment import Spec, resolve_step
+            from ..runs.experiment import Spec, resolve_step
             spec = Spec(step_name, 0, steps.Recipe(), step_file=ckpt["step_file"],
                         step_hash=ckpt.get("step_hash"))
             model = resolve_step(spec).build()

@@ -1,0 +1,75 @@
+"""The one atomic write: every file the package writes goes through `write_atomic`.
+
+Write beside the target, then rename over it: a crash or a full disk leaves the previous
+file, never half of one, and no temporary behind. The temporary's name carries the pid, so
+two processes writing one file each leave a whole one. The target is checked first: only a
+regular file is ever replaced (never a device, a FIFO or a directory), and a target whose
+folder is missing or not writable is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import LadderError
+
+
+class OutputPathError(LadderError, OSError):
+    """A path the package was asked to write that it must not, or cannot, replace."""
+
+
+def check_output(path: Path | str, *, make_parent: bool = False) -> Path:
+    """`path` if it is a place a regular file may be written; else one clear line."""
+    path = Path(path)
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise OutputPathError(f"{path}: cannot be written ({e.strerror or e})") from None
+    if st is not None:
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                st = path.stat()
+            except OSError:
+                raise OutputPathError(f"{path}: a broken symbolic link; not written through") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise OutputPathError(f"{path}: is a directory, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise OutputPathError(f"{path}: not a regular file (a device, FIFO or socket); "
+                                  "refusing to replace it")
+    parent = path.parent
+    if make_parent:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputPathError(f"{path}: cannot create its folder ({e.strerror or e})") from None
+    if not parent.is_dir():
+        raise OutputPathError(f"{path}: its folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{path}: its folder {parent} is not writable")
+    return path
+
+
+def write_atomic(path: Path | str, content: bytes | str | Callable[[Path], None], *,
+                 make_parent: bool = False, hidden: bool = False) -> Path:
+    """Write `content` (bytes, text, or a function that writes the file it is given) to
+    `path` atomically. `hidden`: the temporary's name starts with a dot."""
+    path = check_output(path, make_parent=make_parent)
+    prefix = "." if hidden else ""
+    tmp = path.with_name(f"{prefix}{path.name}.{os.getpid()}.tmp")
+    try:
+        if callable(content):
+            content(tmp)
+        elif isinstance(content, bytes):
+            tmp.write_bytes(content)
+        else:
+            tmp.write_text(content)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
