@@ -47,8 +47,11 @@ def _absolute_imports(module) -> list[str]:
     lines = []
     for line in inspect.getsource(module).splitlines():
         if (not line.startswith(("import ", "from ")) or line.startswith("from __future__")
-                or line.startswith("from .base ")):  # Recipe and Step come from mnist_ladder
+                or line.startswith("from ..engine.step ")):  # Recipe and Step: mnist_ladder's
             continue
+        # the engine's modules by the public paths step files use (`mnist_ladder.models`)
+        line = re.sub(r"^from \.\.engine\.(models|augment) ", r"from mnist_ladder.\1 ", line)
+        line = re.sub(r"^from \.\.engine import ", "from mnist_ladder import ", line)
         line = re.sub(r"^from \.\.(\w*)", lambda m: "from mnist_ladder" + ("." + m[1] if m[1] else ""),
                       line)
         line = re.sub(r"^from \.(\w*)", lambda m: "from mnist_ladder.steps" + ("." + m[1] if m[1] else ""),
