@@ -42,7 +42,7 @@ echo "== MNIST -> .gpu-data/"
 cache=$("$PY" - <<'EOF'
 import sys
 sys.path.insert(0, "src")
-from mnist_ladder import data
+from mnist_ladder.engine import data
 print(data.default_cache_dir())
 EOF
 )
@@ -63,7 +63,7 @@ PYTHONPATH=src "$PY" - <<'EOF'
 import sys
 from pathlib import Path
 sys.path.insert(0, "src")
-from mnist_ladder import data
+from mnist_ladder.engine import data
 files = data.from_folder(Path(".gpu-data"))
 for name, blob in files.items():
     data.verify(name, blob)

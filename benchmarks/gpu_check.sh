@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #18's GPU check, in one call of the device tool (README, "On a GPU"). On a machine
+# Issue #18's GPU check, in one call of the device tool (docs/gpu.md). On a machine
 # that reaches no registry and has its own torch: installs the wheels carried in .whl/ into a
 # folder of their own, reads MNIST from .gpu-data/ (both made by benchmarks/gpu_bundle.sh),
 # prints the GPU and the versions, runs the CUDA tests, trains Step 6 for its 15 epochs on the
@@ -153,7 +153,7 @@ if torch.cuda.is_available():
 else:
     say("gpu", "none visible to torch")
 for name in ["torchinfo", "optuna", "sqlalchemy", "alembic", "mako", "colorlog", "pytest",
-             "numpy", "scipy", "matplotlib", "PIL", "tqdm", "yaml", "mnist_ladder.cli"]:
+             "numpy", "scipy", "matplotlib", "PIL", "tqdm", "yaml", "mnist_ladder.apps.cli"]:
     m = importlib.import_module(name)
     print(f"  {name} {getattr(m, '__version__', '')} from {os.path.dirname(m.__file__)}")
 EOF

@@ -379,8 +379,8 @@ def main() -> None:
     ap.add_argument("--versus", metavar="GIT_REF",
                     help="also run Step 6 (15 epochs, 3 seeds) and Steps 12, 13 (2 epochs) with "
                          "this tree and with GIT_REF, alternately, and print the speed-ups")
-    ap.add_argument("--write-readme", action="store_true",
-                    help="put the table into README.md between its bench markers")
+    ap.add_argument("--write-docs", "--write-readme", dest="write_docs", action="store_true",
+                    help="put the table into docs/speed.md between its bench markers")
     a = ap.parse_args()
     mnist = data.load()
     if a.full_child is not None:
@@ -439,18 +439,18 @@ def main() -> None:
     table += [f"| {k:<{width}} | {v} |" for k, v in rows]
     print("\n" + "\n".join(table))
     sys.stdout.flush()
-    if a.write_readme:
-        write_readme(table)
+    if a.write_docs:
+        write_docs(table)
 
 
-def write_readme(table: list[str]) -> None:
-    readme = Path(__file__).resolve().parents[1] / "README.md"
-    text = readme.read_text()
+def write_docs(table: list[str]) -> None:
+    page = Path(__file__).resolve().parents[1] / "docs" / "speed.md"
+    text = page.read_text()
     start, end = "<!-- bench:start -->", "<!-- bench:end -->"
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     stamp = f"Measured {time.strftime('%Y-%m-%d')} on: {machine()}"
-    readme.write_text(f"{head}{start}\n{stamp}\n\n" + "\n".join(table) + f"\n{end}{tail}")
+    page.write_text(f"{head}{start}\n{stamp}\n\n" + "\n".join(table) + f"\n{end}{tail}")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ From Python (a notebook or a script), the same engine as the `ladder` command:
     print(ml.compare("step6", "steps/mystep.py"))   # what a change bought, over seeds
 """
 
-__version__ = "0.1.0"
 
-from . import steps  # a callable module: ml.steps() lists every step
+from . import steps
+from .core.version import __version__  # a callable module: ml.steps() lists every step
 from .api import FitResult, compare, fit, step
 from .engine.augment import Augment
 from .engine.models import Conv, Net, count_parameters

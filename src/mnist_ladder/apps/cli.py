@@ -15,6 +15,7 @@ import torch
 
 from .. import steps
 from ..core.errors import LadderError
+from ..core.version import __version__
 from ..engine import data
 from ..engine.models import count_parameters
 from ..runs.catalog import Catalog, StepFileError, catalog
@@ -586,6 +587,7 @@ def build_parser() -> Parser:
                                  "(design and tuning)")
 
     p = Parser(prog="ladder", description="Climb the MNIST ladder: tiny CNNs, step by step.")
+    p.add_argument("--version", action="version", version=f"mnist-ladder {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     s = sub.add_parser("data", parents=[common], help="fetch, verify and cache MNIST")
     s.set_defaults(func=cmd_data)
