@@ -11,12 +11,25 @@ From Python (a notebook or a script), the same engine as the `ladder` command:
 """
 
 
-from . import steps
-from .core.version import __version__  # a callable module: ml.steps() lists every step
+from . import steps  # a callable module: ml.steps() lists every step
 from .api import FitResult, compare, fit, step
+from .core.version import __version__
 from .engine.augment import Augment
 from .engine.models import Conv, Net, count_parameters
 from .steps import Recipe, Step, Variant
 
-__all__ = ["Augment", "Conv", "FitResult", "Net", "Recipe", "Step", "Variant", "compare",
-           "count_parameters", "fit", "step", "steps"]
+__all__ = [
+           "Augment",
+           "Conv",
+           "FitResult",
+           "Net",
+           "Recipe",
+           "Step",
+           "Variant",
+           "__version__",
+           "compare",
+           "count_parameters",
+           "fit",
+           "step",
+           "steps",
+]
