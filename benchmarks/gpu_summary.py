@@ -46,10 +46,13 @@ def read_tsv(path: Path) -> list[list[str]]:
 
 
 def run_tables(db: sqlite3.Connection) -> list[str]:
-    out = ["## Runs (this GPU store)", "",
-           "| run | step | seed | status | device | precision | epochs | wall s | median s/epoch "
-           "| final test % | last 3 epochs | best |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "## Runs (this GPU store)",
+        "",
+        "| run | step | seed | status | device | precision | epochs | wall s | median s/epoch "
+        "| final test % | last 3 epochs | best |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     runs = rows(db, "SELECT * FROM runs ORDER BY started")
     per_epoch: list[str] = []
     for r in runs:
@@ -62,16 +65,22 @@ def run_tables(db: sqlite3.Connection) -> list[str]:
             f"| {'bf16 autocast' if r['amp'] else 'fp32'} | {len(eps)}/{planned} "
             f"| {fmt(r['wall_seconds'], '.1f')} | {fmt(statistics.median(secs) if secs else None)} "
             f"| {fmt(accs[-1] if accs else None)} | {' / '.join(f'{a:.2f}' for a in accs[-3:]) or '-'} "
-            f"| {fmt(max(accs) if accs else None)} |")
+            f"| {fmt(max(accs) if accs else None)} |"
+        )
         per_epoch += ["", f"### {r['id']} ({r['step']}, seed {r['seed']}, {r['status']})", ""]
         if not eps:
             per_epoch.append("No epoch finished.")
             continue
-        per_epoch += ["| epoch | lr | train loss | train % | test loss | test % | seconds |",
-                      "|---|---|---|---|---|---|---|"]
-        per_epoch += [f"| {e['epoch']} | {fmt(e['lr'], '.5f')} | {fmt(e['train_loss'], '.4f')} "
-                      f"| {fmt(e['train_acc'])} | {fmt(e['test_loss'], '.4f')} | {fmt(e['test_acc'])} "
-                      f"| {fmt(e['seconds'])} |" for e in eps]
+        per_epoch += [
+            "| epoch | lr | train loss | train % | test loss | test % | seconds |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        per_epoch += [
+            f"| {e['epoch']} | {fmt(e['lr'], '.5f')} | {fmt(e['train_loss'], '.4f')} "
+            f"| {fmt(e['train_acc'])} | {fmt(e['test_loss'], '.4f')} | {fmt(e['test_acc'])} "
+            f"| {fmt(e['seconds'])} |"
+            for e in eps
+        ]
     if not runs:
         out.append("| (no run recorded) |||||||||||| ")
     return [*out, "", "## Per epoch", *per_epoch]
@@ -83,14 +92,21 @@ def reference_lines(reference: Path, steps: list[str]) -> list[str]:
     try:
         db = connect_readonly(reference)
         for step in steps:
-            got = [r for r in rows(db, "SELECT id, recipe, wall_seconds, device, amp FROM runs "
-                                       "WHERE step = ? AND status = 'finished' AND protocol = 'test'",
-                                   step)
-                   if json.loads(r["recipe"]).get("epochs") == 15 and r["wall_seconds"]]
+            got = [
+                r
+                for r in rows(
+                    db,
+                    "SELECT id, recipe, wall_seconds, device, amp FROM runs "
+                    "WHERE step = ? AND status = 'finished' AND protocol = 'test'",
+                    step,
+                )
+                if json.loads(r["recipe"]).get("epochs") == 15 and r["wall_seconds"]
+            ]
             finals = []
             for r in got:
-                last = db.execute("SELECT test_acc FROM epochs WHERE run_id = ? ORDER BY epoch DESC "
-                                  "LIMIT 1", (r["id"],)).fetchone()
+                last = db.execute(
+                    "SELECT test_acc FROM epochs WHERE run_id = ? ORDER BY epoch DESC LIMIT 1", (r["id"],)
+                ).fetchone()
                 if last and last[0] is not None:
                     finals.append(last[0])
             if not got:
@@ -98,8 +114,10 @@ def reference_lines(reference: Path, steps: list[str]) -> list[str]:
                 continue
             devices = ", ".join(sorted({r["device"] for r in got}))
             mean = f", mean final test {statistics.mean(finals):.2f}%" if finals else ""
-            out.append(f"- {step}: {len(got)} runs on {devices}, median wall "
-                       f"{statistics.median(r['wall_seconds'] for r in got):.0f} s{mean}")
+            out.append(
+                f"- {step}: {len(got)} runs on {devices}, median wall "
+                f"{statistics.median(r['wall_seconds'] for r in got):.0f} s{mean}"
+            )
     except (sqlite3.Error, OSError, ValueError) as e:
         out.append(f"- unreadable: {e}")
     return out

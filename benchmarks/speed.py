@@ -39,9 +39,18 @@ STEP = steps.get("step6")
 
 
 def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+    cpu = (
+        next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
         else platform.processor()
+    )
     # the model name alone ("AMD EPYC") hides what matters here: vector width and native bf16
     isa = torch.backends.cpu.get_cpu_capability()
     bf16 = "native bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no native bf16"
@@ -75,10 +84,17 @@ def chosen_layout(mnist: data.MNIST) -> str:
     return layout.choose(STEP, STEP.recipe, device, T.pick_amp("auto", device), d)
 
 
-def ours_images_per_s(mnist: data.MNIST, batches: int, *, batch_size: int = 128,
-                      layout_name: str = "cl", amp: bool | None = None,
-                      threads: int | None = None, compile_model: bool = False,
-                      augment: bool = True) -> float:
+def ours_images_per_s(
+    mnist: data.MNIST,
+    batches: int,
+    *,
+    batch_size: int = 128,
+    layout_name: str = "cl",
+    amp: bool | None = None,
+    threads: int | None = None,
+    compile_model: bool = False,
+    augment: bool = True,
+) -> float:
     """Training throughput (augmentation + forward + backward + step), one partial epoch;
     `augment=False` times the model's steps alone."""
     old_threads = torch.get_num_threads()
@@ -87,8 +103,9 @@ def ours_images_per_s(mnist: data.MNIST, batches: int, *, batch_size: int = 128,
     device = torch.device("cpu")
     amp = T.pick_amp("auto", device) if amp is None else amp
     d = T.prepare(mnist, device, train_limit=batch_size * batches)
-    recipe = dataclasses.replace(STEP.recipe, batch_size=batch_size, epochs=3,
-                                 **({} if augment else {"augment": Augment()}))
+    recipe = dataclasses.replace(
+        STEP.recipe, batch_size=batch_size, epochs=3, **({} if augment else {"augment": Augment()})
+    )
     st = T.new_state(STEP, recipe, d, 1, device, layout_name)
     if compile_model:
         st.model = torch.compile(st.model)
@@ -130,8 +147,9 @@ class SeedPipeline(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _affine(self, img: Image.Image, angle: float, tx: float, ty: float, scale: float,
-                shear: float) -> Image.Image:
+    def _affine(
+        self, img: Image.Image, angle: float, tx: float, ty: float, scale: float, shear: float
+    ) -> Image.Image:
         """torchvision's inverse affine matrix about the centre (shear along x), for PIL."""
         cx = cy = 14.0
         rot, sx = math.radians(angle), math.radians(shear)
@@ -147,9 +165,14 @@ class SeedPipeline(torch.utils.data.Dataset):
         r, a = self.rng, SEED_AUGMENT
         img = Image.fromarray(self.images[i], mode="L")
         img = img.rotate(r.uniform(-a.rotation, a.rotation), Image.Resampling.NEAREST, fillcolor=1)
-        img = self._affine(img, r.uniform(-a.degrees, a.degrees),
-                           round(r.uniform(-2.8, 2.8)), round(r.uniform(-2.8, 2.8)),
-                           r.uniform(*a.scale), r.uniform(-a.shear, a.shear))
+        img = self._affine(
+            img,
+            r.uniform(-a.degrees, a.degrees),
+            round(r.uniform(-2.8, 2.8)),
+            round(r.uniform(-2.8, 2.8)),
+            r.uniform(*a.scale),
+            r.uniform(-a.shear, a.shear),
+        )
         for enhance in r.permutation([0, 1]):
             cls = ImageEnhance.Brightness if enhance == 0 else ImageEnhance.Contrast
             img = cls(img).enhance(r.uniform(0.6, 1.4))
@@ -181,21 +204,24 @@ def seed_images_per_s(mnist: data.MNIST, batches: int) -> float:
 # ---------------------------------------------------------------- full run
 
 
-def full_run_in_child(batch_size: int, *, step: str = "step6", seed: int = 1,
-                      epochs: int | None = None, src: Path | None = None) -> dict:
+def full_run_in_child(
+    batch_size: int, *, step: str = "step6", seed: int = 1, epochs: int | None = None, src: Path | None = None
+) -> dict:
     """A full run in a process of its own, so that its peak memory is its own; `src`: run
     another checkout's package (its `src` folder) with this script."""
     import json
     import os
     import subprocess
+
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
     args = ["--full-child", str(batch_size), "--child-step", step, "--child-seed", str(seed)]
     if epochs:
         args += ["--child-epochs", str(epochs)]
-    r = subprocess.run([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True,
-                       check=True, env=env)
+    r = subprocess.run(
+        [sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, check=True, env=env
+    )
     *_, last = r.stdout.strip().splitlines()
     return json.loads(last)
 
@@ -211,10 +237,13 @@ def versus(ref: str) -> list[tuple[str, str]]:
     machine. The old code runs from a temporary `git worktree` of `ref`."""
     import subprocess
     import tempfile
+
     root = Path(__file__).resolve().parents[1]
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(root), *args], check=True, stdout=subprocess.PIPE,
-                              text=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(root), *args], check=True, stdout=subprocess.PIPE, text=True
+        ).stdout.strip()
 
     ref = git("rev-parse", "--short", ref)  # names that last, in the table
     dirty = " + edits" if git("status", "--porcelain", "--", "src") else ""
@@ -222,41 +251,66 @@ def versus(ref: str) -> list[tuple[str, str]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"
-        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-q", str(base), ref],
-                       check=True)
+        subprocess.run(
+            ["git", "-C", str(root), "worktree", "add", "--detach", "-q", str(base), ref], check=True
+        )
         try:
             for step_name, epochs, seeds in VERSUS_RUNS:
                 old, new = [], []
                 for seed in seeds:
                     for label, src, out in (("old", base / "src", old), ("new", root / "src", new)):
-                        r = full_run_in_child(steps.get(step_name).recipe.batch_size,
-                                              step=step_name, seed=seed, epochs=epochs, src=src)
+                        r = full_run_in_child(
+                            steps.get(step_name).recipe.batch_size,
+                            step=step_name,
+                            seed=seed,
+                            epochs=epochs,
+                            src=src,
+                        )
                         out.append(r)
                         tree = ref if label == "old" else this
                         last3 = " / ".join(f"{v:.2f}" for v in r["last3"])
-                        print(f"  {step_name} seed {seed} {label} ({tree}): {r['wall_s']:.1f} s, "
-                              f"epoch {r['epoch_s']:.2f} s, last 3 {last3}", flush=True)
+                        print(
+                            f"  {step_name} seed {seed} {label} ({tree}): {r['wall_s']:.1f} s, "
+                            f"epoch {r['epoch_s']:.2f} s, last 3 {last3}",
+                            flush=True,
+                        )
                 ratio = statistics.mean(o["wall_s"] for o in old) / statistics.mean(n["wall_s"] for n in new)
-                epoch_ratio = (statistics.mean(o["epoch_s"] for o in old)
-                               / statistics.mean(n["epoch_s"] for n in new))
+                epoch_ratio = statistics.mean(o["epoch_s"] for o in old) / statistics.mean(
+                    n["epoch_s"] for n in new
+                )
                 what = f"{step_name}, {epochs} epochs, {len(seeds)} seed(s)"
-                rows.append((f"{what}: wall s, {ref} -> {this}",
-                             f"{statistics.mean(o['wall_s'] for o in old):.0f} -> "
-                             f"{statistics.mean(n['wall_s'] for n in new):.0f} ({ratio:.2f}x)"))
-                rows.append((f"{step_name}: mean epoch s, {ref} -> {this}",
-                             f"{statistics.mean(o['epoch_s'] for o in old):.2f} -> "
-                             f"{statistics.mean(n['epoch_s'] for n in new):.2f} ({epoch_ratio:.2f}x)"))
-                rows.append((f"{step_name}: page faults a training step, {ref} -> {this}",
-                             f"{statistics.mean(o['faults_per_step'] for o in old):,.0f} -> "
-                             f"{statistics.mean(n['faults_per_step'] for n in new):,.0f}"))
+                rows.append(
+                    (
+                        f"{what}: wall s, {ref} -> {this}",
+                        f"{statistics.mean(o['wall_s'] for o in old):.0f} -> "
+                        f"{statistics.mean(n['wall_s'] for n in new):.0f} ({ratio:.2f}x)",
+                    )
+                )
+                rows.append(
+                    (
+                        f"{step_name}: mean epoch s, {ref} -> {this}",
+                        f"{statistics.mean(o['epoch_s'] for o in old):.2f} -> "
+                        f"{statistics.mean(n['epoch_s'] for n in new):.2f} ({epoch_ratio:.2f}x)",
+                    )
+                )
+                rows.append(
+                    (
+                        f"{step_name}: page faults a training step, {ref} -> {this}",
+                        f"{statistics.mean(o['faults_per_step'] for o in old):,.0f} -> "
+                        f"{statistics.mean(n['faults_per_step'] for n in new):,.0f}",
+                    )
+                )
                 if epochs >= 3:
                     for label, runs in (("old", old), ("new", new)):
                         accs = [v for r in runs for v in r["last3"]]
-                        rows.append((f"{step_name}: test accuracy, last 3 epochs x seeds ({label})",
-                                     f"mean {statistics.mean(accs):.2f}, min {min(accs):.2f}"))
+                        rows.append(
+                            (
+                                f"{step_name}: test accuracy, last 3 epochs x seeds ({label})",
+                                f"mean {statistics.mean(accs):.2f}, min {min(accs):.2f}",
+                            )
+                        )
         finally:
-            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(base)],
-                           check=False)
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(base)], check=False)
     return rows
 
 
@@ -267,8 +321,9 @@ def full_recipe(batch_size: int):
     return dataclasses.replace(r, batch_size=batch_size, lr=r.lr * k, max_lr=r.max_lr * k)
 
 
-def full_run(mnist: data.MNIST, batch_size: int, step_name: str = "step6", seed: int = 1,
-             epochs: int | None = None) -> dict:
+def full_run(
+    mnist: data.MNIST, batch_size: int, step_name: str = "step6", seed: int = 1, epochs: int | None = None
+) -> dict:
     """A test-protocol run of `step_name` (Step 6's recipe at `batch_size`), in the layout a
     run would choose; wall time from the data on, mean epoch time, last 3 test accuracies."""
     device = torch.device("cpu")
@@ -287,16 +342,22 @@ def full_run(mnist: data.MNIST, batch_size: int, step_name: str = "step6", seed:
         print(f"    epoch {r.epoch:>2}: test {r.test_acc:.2f}%  {r.seconds:.1f}s", flush=True)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     steps_run = len(hist) * math.ceil(len(d.train_y) / recipe.batch_size)
-    return {"wall_s": time.perf_counter() - t, "last3": [h.test_acc for h in hist[-3:]],
-            "epoch_s": statistics.mean(h.seconds for h in hist), "faults_per_step": faults / steps_run,
-            "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "wall_s": time.perf_counter() - t,
+        "last3": [h.test_acc for h in hist[-3:]],
+        "epoch_s": statistics.mean(h.seconds for h in hist),
+        "faults_per_step": faults / steps_run,
+        "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
-ABLATIONS = [("fp32 instead of bf16", {"amp": False}),
-             ("1 thread instead of 2", {"threads": 1}),
-             ("batch 256", {"batch_size": 256}),
-             ("batch 512", {"batch_size": 512}),
-             ("torch.compile (steady state)", {"compile_model": True})]
+ABLATIONS = [
+    ("fp32 instead of bf16", {"amp": False}),
+    ("1 thread instead of 2", {"threads": 1}),
+    ("batch 256", {"batch_size": 256}),
+    ("batch 512", {"batch_size": 512}),
+    ("torch.compile (steady state)", {"compile_model": True}),
+]
 
 
 def ablations(mnist: data.MNIST, batches: int, reps: int, chosen: str) -> list[tuple[str, str]]:
@@ -305,8 +366,11 @@ def ablations(mnist: data.MNIST, batches: int, reps: int, chosen: str) -> list[t
     (this VM's speed drifts by +-20% over minutes; ratios of neighbours drift far less).
     Medians over reps, of the ratios and of both rates, so each row's numbers agree."""
     print("ablations (ratio to the default measured just before, median of reps):")
-    alternatives = [(f"layout {name} instead of {chosen}", {"layout_name": name})
-                    for name in layout.LAYOUTS if name != chosen] + ABLATIONS
+    alternatives = [
+        (f"layout {name} instead of {chosen}", {"layout_name": name})
+        for name in layout.LAYOUTS
+        if name != chosen
+    ] + ABLATIONS
     rows = []
     for label, kw in alternatives:
         base_rates, alt_rates, ratios = [], [], []
@@ -315,9 +379,13 @@ def ablations(mnist: data.MNIST, batches: int, reps: int, chosen: str) -> list[t
             alt_rates.append(ours_images_per_s(mnist, batches, **{"layout_name": chosen, **kw}))
             ratios.append(alt_rates[-1] / base_rates[-1])
         ratio, spread = statistics.median(ratios), f"{min(ratios):.2f}-{max(ratios):.2f}"
-        rows.append((f"ablation: {label}",
-                     f"{statistics.median(alt_rates):,.0f} vs {statistics.median(base_rates):,.0f} "
-                     f"img/s, {ratio:.2f}x (reps {spread})"))
+        rows.append(
+            (
+                f"ablation: {label}",
+                f"{statistics.median(alt_rates):,.0f} vs {statistics.median(base_rates):,.0f} "
+                f"img/s, {ratio:.2f}x (reps {spread})",
+            )
+        )
         print(f"  {label}: {ratio:.2f}x ({spread})", flush=True)
     return rows
 
@@ -326,6 +394,7 @@ def profile_layouts(mnist: data.MNIST, chosen: str, steps_: int = 20, top: int =
     """Where a training step's time goes in each layout: torch.profiler's top ops by their
     own CPU time, per step, on real images without augmentation (the model's work alone)."""
     from torch.profiler import profile
+
     device = torch.device("cpu")
     amp = T.pick_amp("auto", device)
     d = T.prepare(mnist, device, train_limit=STEP.recipe.batch_size, eval_limit=10)
@@ -349,11 +418,15 @@ def profile_layouts(mnist: data.MNIST, chosen: str, steps_: int = 20, top: int =
                 train_step()
         events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
         total = sum(e.self_cpu_time_total for e in events)
-        print(f"layout {name}{' (chosen)' if name == chosen else ''}: "
-              f"{total / steps_ / 1e3:.1f} ms of op time a step")
+        print(
+            f"layout {name}{' (chosen)' if name == chosen else ''}: "
+            f"{total / steps_ / 1e3:.1f} ms of op time a step"
+        )
         for e in events[:top]:
-            print(f"  {e.key:<40} {e.self_cpu_time_total / steps_ / 1e3:6.2f} ms "
-                  f"{100 * e.self_cpu_time_total / total:4.0f}%  {e.count // steps_:>3} calls")
+            print(
+                f"  {e.key:<40} {e.self_cpu_time_total / steps_ / 1e3:6.2f} ms "
+                f"{100 * e.self_cpu_time_total / total:4.0f}%  {e.count // steps_:>3} calls"
+            )
     sys.stdout.flush()
 
 
@@ -365,26 +438,39 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--full", action="store_true", help="also time a full 15-epoch Step 6 run")
     ap.add_argument("--ablate", action="store_true", help="also measure each speed choice")
-    ap.add_argument("--profile", action="store_true",
-                    help="also print the top ops of a training step in each layout")
+    ap.add_argument(
+        "--profile", action="store_true", help="also print the top ops of a training step in each layout"
+    )
     ap.add_argument("--batches", type=int, default=60)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--full-batches", default="128",
-                    help="batch sizes for --full, comma-separated (128 is Step 6's own recipe; "
-                         "others scale OneCycle's peak linearly)")
+    ap.add_argument(
+        "--full-batches",
+        default="128",
+        help="batch sizes for --full, comma-separated (128 is Step 6's own recipe; "
+        "others scale OneCycle's peak linearly)",
+    )
     ap.add_argument("--full-child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--child-step", default="step6", help=argparse.SUPPRESS)
     ap.add_argument("--child-seed", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--child-epochs", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--versus", metavar="GIT_REF",
-                    help="also run Step 6 (15 epochs, 3 seeds) and Steps 12, 13 (2 epochs) with "
-                         "this tree and with GIT_REF, alternately, and print the speed-ups")
-    ap.add_argument("--write-docs", "--write-readme", dest="write_docs", action="store_true",
-                    help="put the table into docs/speed.md between its bench markers")
+    ap.add_argument(
+        "--versus",
+        metavar="GIT_REF",
+        help="also run Step 6 (15 epochs, 3 seeds) and Steps 12, 13 (2 epochs) with "
+        "this tree and with GIT_REF, alternately, and print the speed-ups",
+    )
+    ap.add_argument(
+        "--write-docs",
+        "--write-readme",
+        dest="write_docs",
+        action="store_true",
+        help="put the table into docs/speed.md between its bench markers",
+    )
     a = ap.parse_args()
     mnist = data.load()
     if a.full_child is not None:
         import json
+
         print(json.dumps(full_run(mnist, a.full_child, a.child_step, a.child_seed, a.child_epochs)))
         return
     print(f"machine: {machine()}")
@@ -397,7 +483,8 @@ def main() -> None:
     ours = median_rate(lambda: ours_images_per_s(mnist, a.batches, layout_name=chosen), a.reps)
     seed = median_rate(lambda: seed_images_per_s(mnist, a.batches // 3), a.reps)
     model_only = median_rate(
-        lambda: ours_images_per_s(mnist, a.batches, layout_name=chosen, augment=False), a.reps)
+        lambda: ours_images_per_s(mnist, a.batches, layout_name=chosen, augment=False), a.reps
+    )
     ev = eval_images_per_s(mnist, chosen)
     achieved = ours * flops / 1e9
     amp = T.pick_amp("auto", torch.device("cpu"))
@@ -406,10 +493,11 @@ def main() -> None:
         ("train images/s, ours (batched aug, in memory)", f"{ours:,.0f}"),
         ("train images/s, seed's per-image PIL pipeline", f"{seed:,.0f}"),
         ("ratio ours / per-image", f"{ours / seed:.1f}x"),
-        ("train images/s, ours without augmentation (the model's steps alone)",
-         f"{model_only:,.0f}"),
-        ("ceiling on the ratio with free augmentation (model alone / per-image)",
-         f"{model_only / seed:.1f}x"),
+        ("train images/s, ours without augmentation (the model's steps alone)", f"{model_only:,.0f}"),
+        (
+            "ceiling on the ratio with free augmentation (model alone / per-image)",
+            f"{model_only / seed:.1f}x",
+        ),
         ("eval images/s", f"{ev:,.0f}"),
         ("precision", "bf16 autocast" if amp else "fp32"),
         ("memory layout (measured by layout.choose)", chosen),
@@ -423,14 +511,18 @@ def main() -> None:
     if a.full:
         for bs in (int(b) for b in a.full_batches.split(",")):
             r = full_recipe(bs)
-            what = "Step 6's recipe" if bs == STEP.recipe.batch_size else (
-                f"batch {bs}, OneCycle peak {r.max_lr:g}")
+            what = (
+                "Step 6's recipe"
+                if bs == STEP.recipe.batch_size
+                else (f"batch {bs}, OneCycle peak {r.max_lr:g}")
+            )
             print(f"full Step 6 run, 15 epochs, {what}:")
             f = full_run_in_child(bs)
-            rows += [(f"Step 6, 15 epochs, train + test every epoch ({what})", f"{f['wall_s']:.0f} s"),
-                     ("test accuracy, last 3 epochs", " / ".join(f"{v:.2f}" for v in f["last3"])),
-                     ("peak resident memory of that run (its own process)",
-                      f"{f['rss_mib']:.0f} MiB")]
+            rows += [
+                (f"Step 6, 15 epochs, train + test every epoch ({what})", f"{f['wall_s']:.0f} s"),
+                ("test accuracy, last 3 epochs", " / ".join(f"{v:.2f}" for v in f["last3"])),
+                ("peak resident memory of that run (its own process)", f"{f['rss_mib']:.0f} MiB"),
+            ]
     if a.versus:
         print(f"this tree against {a.versus}, full runs alternating:")
         rows += versus(a.versus)

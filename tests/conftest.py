@@ -39,8 +39,9 @@ def trained_step6(mnist, tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     spec = experiment.make_spec(steps.get("step6"), seed=1, epochs=4, train_limit=30_000)
     with Store(root / "ladder.db") as store:
-        row = experiment.execute(spec, mnist, store, root / "runs", device=torch.device("cpu"),
-                                 amp=True, log=lambda s: None)
+        row = experiment.execute(
+            spec, mnist, store, root / "runs", device=torch.device("cpu"), amp=True, log=lambda s: None
+        )
     return root / "ladder.db", row
 
 
@@ -83,8 +84,17 @@ def postgres_url():
         subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)
 
     run(pg_bin("initdb"), "-D", str(data), "-U", "ladder", "--auth=trust")
-    run(pg_bin("pg_ctl"), "-D", str(data), "-w", "-l", str(root / "sock" / "log"), "-o",
-        f"-p {port} -k {sock} -c listen_addresses=127.0.0.1", "start")
+    run(
+        pg_bin("pg_ctl"),
+        "-D",
+        str(data),
+        "-w",
+        "-l",
+        str(root / "sock" / "log"),
+        "-o",
+        f"-p {port} -k {sock} -c listen_addresses=127.0.0.1",
+        "start",
+    )
     try:
         run(pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "ladder", "sweeps")
         yield f"postgresql://ladder@127.0.0.1:{port}/sweeps"
@@ -100,12 +110,31 @@ TINY_SWEEP = ["--epochs", "2", "--train-limit", "1000", "--eval-limit", "500"]
 def sweep_worker():
     """Starts `ladder sweep` as a separate process, as on a separate machine (heartbeat 1 s
     unless `extra` says otherwise)."""
+
     def start(study: str, url: str, trials: int, cwd: Path, *extra: str) -> subprocess.Popen:
         beat = [] if "--heartbeat" in extra else ["--heartbeat", "1"]
         return subprocess.Popen(
-            [sys.executable, "-m", "mnist_ladder", "sweep", "--study", study, "--trials",
-             str(trials), "--storage", url, *TINY_SWEEP, *beat, *extra], cwd=cwd,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                sys.executable,
+                "-m",
+                "mnist_ladder",
+                "sweep",
+                "--study",
+                study,
+                "--trials",
+                str(trials),
+                "--storage",
+                url,
+                *TINY_SWEEP,
+                *beat,
+                *extra,
+            ],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
     return start
 
 
@@ -114,6 +143,7 @@ def ctrl_c_after_epochs(monkeypatch, epochs: int = 2):
     """Within it, `experiment.fit` raises KeyboardInterrupt after `epochs` epochs, as Ctrl-C
     would mid-run; the real `fit` is back afterwards."""
     from mnist_ladder.runs import experiment
+
     real_fit = experiment.fit
 
     def fit_then_ctrl_c(*a, **kw):

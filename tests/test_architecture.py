@@ -58,8 +58,13 @@ def graph() -> dict[str, set[str]]:
 
 def test_the_layers_cover_the_package():
     top = {m for m in modules() if layer(m) == len(LAYERS) - 1}
-    assert top == {"mnist_ladder", "mnist_ladder.__main__", "mnist_ladder.api",
-                   "mnist_ladder.models", "mnist_ladder.augment"}
+    assert top == {
+        "mnist_ladder",
+        "mnist_ladder.__main__",
+        "mnist_ladder.api",
+        "mnist_ladder.models",
+        "mnist_ladder.augment",
+    }
 
 
 @pytest.mark.parametrize("module", sorted(modules()))
@@ -77,7 +82,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
         path.append(m)
         for n in sorted(edges.get(m, ())):
             if state.get(n) == 1:
-                return [*path[path.index(n):], n]
+                return [*path[path.index(n) :], n]
             if n not in state and (cycle := visit(n)):
                 return cycle
         path.pop()

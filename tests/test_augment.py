@@ -38,9 +38,16 @@ def test_zero_strength_is_the_identity(mnist) -> None:
 def test_identity_parameters_through_the_sampler_change_nothing(mnist) -> None:
     x = digits(mnist)
     n = len(x)
-    p = {"angle": torch.zeros(n), "shear": torch.zeros(n), "scale": torch.ones(n),
-         "tx": torch.zeros(n), "ty": torch.zeros(n), "brightness": torch.ones(n),
-         "contrast": torch.ones(n), "brightness_first": torch.ones(n, dtype=torch.bool)}
+    p = {
+        "angle": torch.zeros(n),
+        "shear": torch.zeros(n),
+        "scale": torch.ones(n),
+        "tx": torch.zeros(n),
+        "ty": torch.zeros(n),
+        "brightness": torch.ones(n),
+        "contrast": torch.ones(n),
+        "brightness_first": torch.ones(n, dtype=torch.bool),
+    }
     assert torch.allclose(apply(x, SEED_AUGMENT, p), x, atol=1e-5)
 
 
@@ -69,8 +76,13 @@ def test_parameters_stay_within_the_stated_ranges() -> None:
 
 def test_a_pure_rotation_moves_a_point_as_stated() -> None:
     n = 1
-    p = {"angle": torch.full((n,), 30.0), "shear": torch.zeros(n), "scale": torch.ones(n),
-         "tx": torch.zeros(n), "ty": torch.zeros(n)}
+    p = {
+        "angle": torch.full((n,), 30.0),
+        "shear": torch.zeros(n),
+        "scale": torch.ones(n),
+        "tx": torch.zeros(n),
+        "ty": torch.zeros(n),
+    }
     inv = inverse_affine(p)[0]
     c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
     assert torch.allclose(inv[:, :2], torch.tensor([[c, s], [-s, c]]), atol=1e-6)
@@ -111,6 +123,7 @@ def test_elastic_is_drawn_only_when_used() -> None:
 
 def augment_displacement_pixels(field: torch.Tensor) -> torch.Tensor:
     from mnist_ladder.engine.augment import displacement
+
     return displacement(field, 28, 28) * 14  # normalized units -> pixels
 
 

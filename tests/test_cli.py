@@ -17,25 +17,37 @@ from mnist_ladder.apps import cli
 
 
 def ladder(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mnist_ladder", *args], cwd=cwd,
-                          capture_output=True, text=True, check=check, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "mnist_ladder", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=600,
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    (["run", "step99"], "valid steps: step0"),
-    (["run", "step6", "--epochs", "0"], "must be positive"),
-    (["run", "step6", "--seed", "-1"], "a seed is 0 or more"),
-    (["run", "step6", "--batch-size", "-5"], "must be positive"),
-    (["run", "step6", "--threads", "0"], "must be positive"),
-    (["run", "step6", "--device", "tpu"], "unknown device"),
-    (["run", "step6", "--precision", "fp8"], "unknown precision"),
-    (["summary", "nope"], "unknown step"),
-    (["run", "step7.nope"], "variants: step7."),
-    (["show", "no-such-run"], "no "),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "step99"], "valid steps: step0"),
+        (["run", "step6", "--epochs", "0"], "must be positive"),
+        (["run", "step6", "--seed", "-1"], "a seed is 0 or more"),
+        (["run", "step6", "--batch-size", "-5"], "must be positive"),
+        (["run", "step6", "--threads", "0"], "must be positive"),
+        (["run", "step6", "--device", "tpu"], "unknown device"),
+        (["run", "step6", "--precision", "fp8"], "unknown precision"),
+        (["summary", "nope"], "unknown step"),
+        (["run", "step7.nope"], "variants: step7."),
+        (["show", "no-such-run"], "no "),
+    ],
+)
 def test_bad_input_is_one_line_nonzero_and_writes_nothing(tmp_path: Path, args, message) -> None:
-    r = ladder(*args, "--db", str(tmp_path / "runs" / "x.db"), cwd=tmp_path) \
-        if args[0] in ("run", "show") else ladder(*args, cwd=tmp_path)
+    r = (
+        ladder(*args, "--db", str(tmp_path / "runs" / "x.db"), cwd=tmp_path)
+        if args[0] in ("run", "show")
+        else ladder(*args, cwd=tmp_path)
+    )
     assert r.returncode != 0
     assert message in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
@@ -44,6 +56,7 @@ def test_bad_input_is_one_line_nonzero_and_writes_nothing(tmp_path: Path, args, 
 
 def test_cuda_asked_for_but_absent(tmp_path: Path) -> None:
     import torch
+
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     r = ladder("run", "step6", "--device", "cuda", cwd=tmp_path)
@@ -60,8 +73,21 @@ def test_list_and_summary(capsys) -> None:
 
 
 def test_run_writes_metrics_weights_and_store(tmp_path: Path, mnist) -> None:
-    r = ladder("run", "step6", "--epochs", "2", "--train-limit", "2000", "--eval-limit", "1000",
-               "--seed", "5", "--threads", "1", cwd=tmp_path)
+    r = ladder(
+        "run",
+        "step6",
+        "--epochs",
+        "2",
+        "--train-limit",
+        "2000",
+        "--eval-limit",
+        "1000",
+        "--seed",
+        "5",
+        "--threads",
+        "1",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "CPU threads: 1)" in r.stdout
     assert "epoch  2/2" in r.stdout and "total parameters: 6,720" in r.stdout
@@ -98,8 +124,13 @@ def wait_for_epochs(db: Path, n: int, proc: subprocess.Popen, timeout: float = 3
 def start_run_past_its_first_epoch(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     """A short Step 6 run in its own process, once its first epoch is stored: (process, store)."""
     args = ["run", "step6", "--epochs", "4", "--train-limit", "4000", "--eval-limit", "500"]
-    proc = subprocess.Popen([sys.executable, "-m", "mnist_ladder", *args], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnist_ladder", *args],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     db = tmp_path / "runs" / "ladder.db"
     wait_for_epochs(db, 1, proc)
     return proc, db
@@ -134,8 +165,18 @@ def test_sigterm_marks_the_run_interrupted_at_once(tmp_path: Path, mnist) -> Non
 
 
 def test_variant_design_run_never_sees_the_test_set(tmp_path: Path, mnist) -> None:
-    r = ladder("run", "step7.no-ema", "--val-only", "--epochs", "1", "--train-limit", "1000",
-               "--eval-limit", "300", cwd=tmp_path)
+    r = ladder(
+        "run",
+        "step7.no-ema",
+        "--val-only",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "1000",
+        "--eval-limit",
+        "300",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "best val" in r.stdout and " test " not in r.stdout.split("epoch  1/1")[1]
     runs = ladder("runs", cwd=tmp_path)
@@ -143,8 +184,21 @@ def test_variant_design_run_never_sees_the_test_set(tmp_path: Path, mnist) -> No
 
 
 def test_ladder_runs_steps_by_seeds_in_parallel_and_skips_finished(tmp_path: Path, mnist) -> None:
-    args = ["ladder", "--steps", "step2,step6", "--seeds", "1,2", "--jobs", "2", "--epochs", "1",
-            "--train-limit", "1000", "--eval-limit", "500"]
+    args = [
+        "ladder",
+        "--steps",
+        "step2,step6",
+        "--seeds",
+        "1,2",
+        "--jobs",
+        "2",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "1000",
+        "--eval-limit",
+        "500",
+    ]
     first = ladder(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.count(": finished") == 4
@@ -159,12 +213,29 @@ def test_ladder_runs_steps_by_seeds_in_parallel_and_skips_finished(tmp_path: Pat
 
 
 def test_ladder_says_up_front_what_it_reruns_because_the_code_changed(
-        tmp_path: Path, mnist, monkeypatch, capsys) -> None:
+    tmp_path: Path, mnist, monkeypatch, capsys
+) -> None:
     from mnist_ladder.engine import identity as engine_identity
+
     db = tmp_path / "ladder.db"
-    args = ["ladder", "--steps", "step2", "--seeds", "1", "--epochs", "1", "--train-limit",
-            "1000", "--eval-limit", "500", "--db", str(db), "--out", str(tmp_path / "runs"),
-            "--no-report"]
+    args = [
+        "ladder",
+        "--steps",
+        "step2",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "1000",
+        "--eval-limit",
+        "500",
+        "--db",
+        str(db),
+        "--out",
+        str(tmp_path / "runs"),
+        "--no-report",
+    ]
     assert cli.main(args) == 0
     assert "finished before with other code" not in capsys.readouterr().out
     monkeypatch.setattr(engine_identity, "_ENGINE_HASH", "another version")
@@ -178,10 +249,27 @@ def test_ladder_says_up_front_what_it_reruns_because_the_code_changed(
 
 
 def test_killed_ladder_continues_where_it_stopped(tmp_path: Path, mnist) -> None:
-    args = ["ladder", "--steps", "step6", "--seeds", "1", "--epochs", "4", "--train-limit", "4000",
-            "--eval-limit", "500", "--no-report"]
-    proc = subprocess.Popen([sys.executable, "-m", "mnist_ladder", *args], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    args = [
+        "ladder",
+        "--steps",
+        "step6",
+        "--seeds",
+        "1",
+        "--epochs",
+        "4",
+        "--train-limit",
+        "4000",
+        "--eval-limit",
+        "500",
+        "--no-report",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnist_ladder", *args],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     db = tmp_path / "runs" / "ladder.db"
     wait_for_epochs(db, 2, proc)
     os.kill(proc.pid, signal.SIGKILL)

@@ -68,8 +68,7 @@ def test_verdicts_say_gain_loss_noise_or_not_yet() -> None:
 
 def rows(curve: list[float], key: str = "test_acc") -> list[dict]:
     other = "val_acc" if key == "test_acc" else "test_acc"
-    return [{"epoch": e, key: v, other: None, "train_acc": v - 1.0}
-            for e, v in enumerate(curve, start=1)]
+    return [{"epoch": e, key: v, other: None, "train_acc": v - 1.0} for e, v in enumerate(curve, start=1)]
 
 
 def ramp(final: float, epochs: int) -> list[float]:
@@ -77,11 +76,22 @@ def ramp(final: float, epochs: int) -> list[float]:
     return [round(final - 0.1 * (epochs - e), 2) for e in range(1, epochs + 1)]
 
 
-def side(label: str, finals: list[float], epochs: int = 15, protocol: str = "test",
-         recipe: Recipe | None = None, key: str = "test_acc") -> cmp.Side:
+def side(
+    label: str,
+    finals: list[float],
+    epochs: int = 15,
+    protocol: str = "test",
+    recipe: Recipe | None = None,
+    key: str = "test_acc",
+) -> cmp.Side:
     recipe = recipe or dataclasses.replace(steps.get("step6").recipe, epochs=epochs)
-    return cmp.Side(label, 6720, recipe, protocol,
-                    {seed: rows(ramp(f, epochs), key) for seed, f in enumerate(finals, start=1)})
+    return cmp.Side(
+        label,
+        6720,
+        recipe,
+        protocol,
+        {seed: rows(ramp(f, epochs), key) for seed, f in enumerate(finals, start=1)},
+    )
 
 
 def test_same_length_runs_compare_their_finals_and_count_seeds_holding() -> None:
@@ -123,9 +133,13 @@ def test_holding_is_judged_on_each_sides_own_curve_up_to_the_compared_epoch() ->
 
 def test_design_runs_compare_on_validation_and_test_only_runs_cannot() -> None:
     blind = side("step7.no-ema", [99.4, 99.5, 99.6], protocol="val-only", key="val_acc")
-    val = cmp.Side("step7", 3624, blind.recipe, "val",
-                   {s: [{**r, "test_acc": r["val_acc"] - 0.1} for r in rs]
-                    for s, rs in blind.runs.items()})
+    val = cmp.Side(
+        "step7",
+        3624,
+        blind.recipe,
+        "val",
+        {s: [{**r, "test_acc": r["val_acc"] - 0.1} for r in rs] for s, rs in blind.runs.items()},
+    )
     c = cmp.compare(val, blind)
     assert c.metric == "val_acc" and c.interval.diff == pytest.approx(0.0)
     assert any("step7.no-ema never evaluated the test set" in n for n in c.notes)
@@ -137,12 +151,15 @@ def test_design_runs_compare_on_validation_and_test_only_runs_cannot() -> None:
 
 def test_recipe_diff_lists_exactly_the_fields_that_differ() -> None:
     base = steps.get("step6").recipe
-    changed = dataclasses.replace(base, lr=0.05, ema=0.999,
-                                  augment=dataclasses.replace(base.augment, rotation=12.0))
+    changed = dataclasses.replace(
+        base, lr=0.05, ema=0.999, augment=dataclasses.replace(base.augment, rotation=12.0)
+    )
     diff = cmp.recipe_diff(base, changed)
     assert [(d.field, d.a, d.b) for d in diff] == [
-        ("lr", base.lr, 0.05), ("ema", base.ema, 0.999),
-        ("augment.rotation", base.augment.rotation, 12.0)]
+        ("lr", base.lr, 0.05),
+        ("ema", base.ema, 0.999),
+        ("augment.rotation", base.augment.rotation, 12.0),
+    ]
     assert cmp.recipe_diff(base, base) == ()
     text = cmp.format_text(cmp.compare(side("a", A, recipe=base), side("b", B, recipe=changed)))
     assert "augment.rotation" in text and f"{base.lr} → 0.05" in text
@@ -164,8 +181,11 @@ def test_layer_diff_of_step5_and_step6() -> None:
     only_a = [(d.a.name, d.a.output) for d in diff if d.change == "only_a"]
     assert ("BatchNorm2d", (8, 12, 12)) in only_a  # step6's 1x1 transition has no BN
     assert [(d.b.name, d.b.output) for d in diff[-4:]] == [  # step6's two-layer head
-        ("ReLU", (16, 1, 1)), ("BatchNorm2d", (16, 1, 1)), ("Dropout", (16, 1, 1)),
-        ("Conv2d", (10, 1, 1))]
+        ("ReLU", (16, 1, 1)),
+        ("BatchNorm2d", (16, 1, 1)),
+        ("Dropout", (16, 1, 1)),
+        ("Conv2d", (10, 1, 1)),
+    ]
     same = cmp.layer_diff(rows6, layer_rows(steps.get("step6").build()))
     assert {d.change for d in same} == {"same"}
     a = dataclasses.replace(side("step5", A), params=6124, model=m5)
@@ -183,14 +203,20 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
 
 def test_json_is_serializable_and_round_trips_the_numbers() -> None:
     m5, m6 = steps.get("step5").build(), steps.get("step6").build()
-    c = cmp.compare(dataclasses.replace(side("step5", A), model=m5),
-                    dataclasses.replace(side("step6", B), model=m6))
+    c = cmp.compare(
+        dataclasses.replace(side("step5", A), model=m5), dataclasses.replace(side("step6", B), model=m6)
+    )
     back = json.loads(json.dumps(cmp.to_json(c)))
     assert {int(k): v for k, v in back["a"]["seeds"].items()} == c.a_values
     assert {int(k): v for k, v in back["b"]["seeds"].items()} == c.b_values
     iv = back["interval"]
     assert (iv["diff"], iv["half_width"], iv["low"], iv["high"], iv["df"]) == (
-        c.interval.diff, c.interval.half_width, c.interval.low, c.interval.high, c.interval.df)
+        c.interval.diff,
+        c.interval.half_width,
+        c.interval.low,
+        c.interval.high,
+        c.interval.df,
+    )
     assert back["verdict"] == c.verdict and back["epoch"] == 15 and back["metric"] == "test_acc"
     assert Recipe.from_dict(back["a"]["recipe"]) == c.a.recipe
     assert len(back["layer_diff"]) == len(c.layer_diff)

@@ -66,10 +66,31 @@ def test_step6_learns_on_the_device_with_its_augmentation_under_bf16(mnist, devi
 
 
 def test_command_line_run_on_the_device(tmp_path: Path, mnist, device) -> None:
-    r = subprocess.run([sys.executable, "-m", "mnist_ladder", "run", "step6", "--device", device.type,
-                        "--epochs", "2", "--train-limit", "2000", "--eval-limit", "1000",
-                        "--db", str(tmp_path / "gpu.db"), "--out", str(tmp_path / "runs")],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mnist_ladder",
+            "run",
+            "step6",
+            "--device",
+            device.type,
+            "--epochs",
+            "2",
+            "--train-limit",
+            "2000",
+            "--eval-limit",
+            "1000",
+            "--db",
+            str(tmp_path / "gpu.db"),
+            "--out",
+            str(tmp_path / "runs"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert f"device {device.type}" in r.stdout and "epoch  2/2" in r.stdout
     (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
@@ -87,17 +108,17 @@ def test_an_interrupted_run_resumes_on_the_device(tmp_path: Path, mnist, monkeyp
     """Step 7: its weight average, Nesterov momentum and device-side random state resume too.
     Not compared bit for bit: some CUDA kernels (GAP's backward) add in no fixed order."""
     store = Store(tmp_path / "l.db")
-    spec = experiment.make_spec(steps.get("step7"), seed=7, epochs=3, train_limit=2_000,
-                                eval_limit=500)
-    full = experiment.execute(spec, mnist, store, tmp_path, device=device, amp=bf16(device),
-                              log=lambda s: None)
+    spec = experiment.make_spec(steps.get("step7"), seed=7, epochs=3, train_limit=2_000, eval_limit=500)
+    full = experiment.execute(
+        spec, mnist, store, tmp_path, device=device, amp=bf16(device), log=lambda s: None
+    )
     with ctrl_c_after_epochs(monkeypatch), pytest.raises(KeyboardInterrupt):
-        experiment.execute(spec, mnist, store, tmp_path, device=device, amp=bf16(device),
-                           log=lambda s: None)
+        experiment.execute(spec, mnist, store, tmp_path, device=device, amp=bf16(device), log=lambda s: None)
     (cut,) = [r for r in store.runs() if r.id != full.id]
     assert cut.effective_status == "interrupted" and len(store.epochs(cut.id)) == 2
-    resumed = experiment.execute(spec, mnist, store, tmp_path, device=device, amp=bf16(device),
-                                 resume=cut, log=lambda s: None)
+    resumed = experiment.execute(
+        spec, mnist, store, tmp_path, device=device, amp=bf16(device), resume=cut, log=lambda s: None
+    )
     a, b = store.epochs(full.id), store.epochs(resumed.id)
     assert [e["epoch"] for e in b] == [1, 2, 3]
     assert abs(a[-1]["test_acc"] - b[-1]["test_acc"]) <= 3.0, (a[-1], b[-1])

@@ -14,10 +14,19 @@ def test_real_mnist_matches_canonical_facts(mnist: data.MNIST) -> None:
     assert mnist.train_images.shape == (60_000, 28, 28) and mnist.test_images.shape == (10_000, 28, 28)
     assert mnist.train_labels[:5].tolist() == [5, 0, 4, 1, 9]
     assert mnist.test_labels[:5].tolist() == [7, 2, 1, 0, 4]
-    assert mnist.train_labels.bincount().tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918,
-                                                       6265, 5851, 5949]
-    assert mnist.test_labels.bincount().tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028,
-                                                      974, 1009]
+    assert mnist.train_labels.bincount().tolist() == [
+        5923,
+        6742,
+        5958,
+        6131,
+        5842,
+        5421,
+        5918,
+        6265,
+        5851,
+        5949,
+    ]
+    assert mnist.test_labels.bincount().tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 @pytest.fixture(scope="module")

@@ -18,25 +18,22 @@ CPU = torch.device("cpu")
 
 
 def spec(epochs: int = 3, step: str = "step6") -> experiment.Spec:
-    return experiment.make_spec(steps.get(step), seed=7, epochs=epochs, train_limit=2_000,
-                                eval_limit=500)
+    return experiment.make_spec(steps.get(step), seed=7, epochs=epochs, train_limit=2_000, eval_limit=500)
 
 
 @pytest.mark.parametrize("step", ["step6", "step7"])  # step7: the weight average resumes too
-def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, mnist, monkeypatch,
-                                              step: str) -> None:
+def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, mnist, monkeypatch, step: str) -> None:
     store = Store(tmp_path / "l.db")
     run_spec = spec(3, step)
 
-    full = experiment.execute(run_spec, mnist, store, tmp_path, device=CPU, amp=False,
-                              log=lambda s: None)
+    full = experiment.execute(run_spec, mnist, store, tmp_path, device=CPU, amp=False, log=lambda s: None)
     with ctrl_c_after_epochs(monkeypatch), pytest.raises(KeyboardInterrupt):
-        experiment.execute(run_spec, mnist, store, tmp_path, device=CPU, amp=False,
-                           log=lambda s: None)
+        experiment.execute(run_spec, mnist, store, tmp_path, device=CPU, amp=False, log=lambda s: None)
     (cut,) = [r for r in store.runs() if r.id != full.id]
     assert cut.effective_status == "interrupted" and len(store.epochs(cut.id)) == 2
-    resumed = experiment.execute(run_spec, mnist, store, tmp_path, device=CPU, amp=False,
-                                 resume=cut, log=lambda s: None)
+    resumed = experiment.execute(
+        run_spec, mnist, store, tmp_path, device=CPU, amp=False, resume=cut, log=lambda s: None
+    )
     a, b = store.epochs(full.id), store.epochs(resumed.id)
     keys = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc"]
     assert [[e[k] for k in keys] for e in a] == [[e[k] for k in keys] for e in b]
@@ -49,18 +46,19 @@ def test_resume_writes_back_epochs_the_store_lost(tmp_path: Path, mnist, monkeyp
     store = Store(tmp_path / "l.db")
     run_spec = spec(3)
     real_add_epoch = store.add_epoch
-    monkeypatch.setattr(store, "add_epoch", lambda run_id, e: real_add_epoch(run_id, e)
-                        if e["epoch"] == 1 else None)  # epochs 2 and 3 never reach the store
+    monkeypatch.setattr(
+        store, "add_epoch", lambda run_id, e: real_add_epoch(run_id, e) if e["epoch"] == 1 else None
+    )  # epochs 2 and 3 never reach the store
     real_set_status = store.set_status
     monkeypatch.setattr(store, "set_status", lambda *a, **kw: None)  # nor does 'finished'
-    row = experiment.execute(run_spec, mnist, store, tmp_path, device=CPU, amp=False,
-                             log=lambda s: None)
+    row = experiment.execute(run_spec, mnist, store, tmp_path, device=CPU, amp=False, log=lambda s: None)
     monkeypatch.setattr(store, "add_epoch", real_add_epoch)
     monkeypatch.setattr(store, "set_status", real_set_status)
     assert len(store.epochs(row.id)) == 1
     lost = store.run(row.id)
-    done = experiment.execute(run_spec, mnist, store, tmp_path, device=CPU, amp=False,
-                              resume=lost, log=lambda s: None)
+    done = experiment.execute(
+        run_spec, mnist, store, tmp_path, device=CPU, amp=False, resume=lost, log=lambda s: None
+    )
     assert done.status == "finished"
     history = json.loads((Path(row.run_dir) / "metrics.json").read_text())
     assert [e["test_acc"] for e in store.epochs(row.id)] == [h["test_acc"] for h in history]
@@ -68,8 +66,9 @@ def test_resume_writes_back_epochs_the_store_lost(tmp_path: Path, mnist, monkeyp
 
 
 def test_val_only_run_never_evaluates_the_test_set(tmp_path: Path, mnist) -> None:
-    s = experiment.make_spec(steps.get("step7"), seed=1, epochs=1, val=True, train_limit=1_000,
-                             eval_limit=300, test=False)
+    s = experiment.make_spec(
+        steps.get("step7"), seed=1, epochs=1, val=True, train_limit=1_000, eval_limit=300, test=False
+    )
     assert s.protocol.startswith("val-only")
     store = Store(tmp_path / "l.db")
     row = experiment.execute(s, mnist, store, tmp_path, device=CPU, amp=False, log=lambda s: None)
@@ -91,9 +90,9 @@ def test_crafted_checkpoint_is_refused(tmp_path: Path) -> None:
         experiment.load_checkpoint(path)
 
 
-def test_engine_hash_is_the_imported_sources_and_ignores_later_edits(tmp_path: Path,
-                                                                       monkeypatch) -> None:
+def test_engine_hash_is_the_imported_sources_and_ignores_later_edits(tmp_path: Path, monkeypatch) -> None:
     from mnist_ladder.engine import identity
+
     imported = identity.engine_hash()
     assert imported == identity._hash_engine() and len(imported) == 16  # this tree, as imported
     copy = tmp_path / "engine"
@@ -107,9 +106,11 @@ def test_engine_hash_is_the_imported_sources_and_ignores_later_edits(tmp_path: P
 
 def test_a_steps_fingerprint_leaves_its_prose_out() -> None:
     from mnist_ladder.engine.identity import fingerprint
+
     source = (STEP6_FILE := Path(steps.step6_lr_scheduler.__file__)).read_text()
     prose = source.replace("LR scheduler + one more 1x1 after GAP", "A new title").replace(
-        "The model still under-fits", "Edited analysis: the model under-fits")
+        "The model still under-fits", "Edited analysis: the model under-fits"
+    )
     assert prose != source and fingerprint(prose) == fingerprint(source)
     assert fingerprint(source + "\n# a comment\n") == fingerprint(source)
     assert fingerprint(source.replace("dropout=0.03", "dropout=0.05")) != fingerprint(source)
@@ -132,9 +133,30 @@ def test_resume_picks_the_interrupted_attempt_that_got_furthest(tmp_path: Path) 
     recipe = steps.get("step6").recipe
 
     def attempt(store: Store, run_id: str, started: str, epochs: int) -> None:
-        store.add_run(RunRow(run_id, "step6", 1, "test", recipe.to_dict(), 6720, "c0de", None,
-                             None, "2.13.0", "cpu", 0, str(tmp_path / run_id), "host", 1,
-                             started, None, "interrupted", None, training_id="1d"))
+        store.add_run(
+            RunRow(
+                run_id,
+                "step6",
+                1,
+                "test",
+                recipe.to_dict(),
+                6720,
+                "c0de",
+                None,
+                None,
+                "2.13.0",
+                "cpu",
+                0,
+                str(tmp_path / run_id),
+                "host",
+                1,
+                started,
+                None,
+                "interrupted",
+                None,
+                training_id="1d",
+            )
+        )
         for e in range(1, epochs + 1):
             store.add_epoch(run_id, {"epoch": e, "test_acc": 98.0})
 
@@ -147,13 +169,14 @@ def test_resume_picks_the_interrupted_attempt_that_got_furthest(tmp_path: Path) 
         assert store.find_resumable("step6", 2, "1d") is None
 
 
-def test_a_finished_run_s_weights_outlive_its_run_folder(tmp_path: Path, mnist,
-                                                         monkeypatch) -> None:
+def test_a_finished_run_s_weights_outlive_its_run_folder(tmp_path: Path, mnist, monkeypatch) -> None:
     from mnist_ladder.apps import predict
+
     monkeypatch.setenv("MNIST_LADDER_DATA", str(tmp_path / "cache"))  # restored copies go here
     store = Store(tmp_path / "l.db")
-    row = experiment.execute(spec(1, "step7"), mnist, store, tmp_path / "runs", device=CPU,
-                             amp=False, log=lambda s: None)
+    row = experiment.execute(
+        spec(1, "step7"), mnist, store, tmp_path / "runs", device=CPU, amp=False, log=lambda s: None
+    )
     saved = (Path(row.run_dir) / "model.pt").read_bytes()
     assert store.weights(row.id) == saved
     shutil.rmtree(row.run_dir)  # a fresh clone has the store, not the run folders
@@ -165,12 +188,15 @@ def test_a_finished_run_s_weights_outlive_its_run_folder(tmp_path: Path, mnist,
 
 
 def test_weights_from_the_store_are_checked_and_never_written_where_a_row_says(
-        tmp_path: Path, mnist, monkeypatch) -> None:
+    tmp_path: Path, mnist, monkeypatch
+) -> None:
     from mnist_ladder.apps import predict
+
     monkeypatch.setenv("MNIST_LADDER_DATA", str(tmp_path / "cache"))
     store = Store(tmp_path / "l.db")
-    row = experiment.execute(spec(1, "step7"), mnist, store, tmp_path / "runs", device=CPU,
-                             amp=False, log=lambda s: None)
+    row = experiment.execute(
+        spec(1, "step7"), mnist, store, tmp_path / "runs", device=CPU, amp=False, log=lambda s: None
+    )
     elsewhere = tmp_path / "somewhere" / "else"
     with store.db:  # a crafted row: a relative run_dir and bytes that are no model
         store.db.execute("UPDATE runs SET run_dir=? WHERE id=?", ("../somewhere/else", row.id))

@@ -35,12 +35,18 @@ from mnist_ladder.runs.store import Store
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def ladder(*args: str, cwd: Path | None = None, env: dict | None = None,
-           **kw) -> subprocess.CompletedProcess:
+def ladder(*args: str, cwd: Path | None = None, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
     """`ladder ARGS` in a fresh process; `env` adds to the environment (None: removes)."""
     env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
-    return subprocess.run([sys.executable, "-m", "mnist_ladder", *args], capture_output=True,
-                          text=True, timeout=600, cwd=cwd, env=env, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "mnist_ladder", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env=env,
+        **kw,
+    )
 
 
 def one_line_error(r: subprocess.CompletedProcess, message: str) -> None:
@@ -52,8 +58,9 @@ def one_line_error(r: subprocess.CompletedProcess, message: str) -> None:
 
 def readme_url(postgres_url: str) -> str:
     """The README's PostgreSQL URL, word for word, pointed at the test's server."""
-    written = re.search(r"--storage (postgresql://USER:PASS@DBHOST:5432/sweeps)",
-                        (ROOT / "README.md").read_text())
+    written = re.search(
+        r"--storage (postgresql://USER:PASS@DBHOST:5432/sweeps)", (ROOT / "README.md").read_text()
+    )
     assert written, "the README no longer shows postgresql://USER:PASS@DBHOST:5432/sweeps"
     host_port = postgres_url.split("@", 1)[1].split("/", 1)[0]
     assert postgres_url.startswith("postgresql://")  # no driver named, as in the README
@@ -73,12 +80,12 @@ def test_the_readmes_postgresql_url_works(postgres_url: str) -> None:
 
 def states_of(name: str, url: str) -> dict[int, optuna.trial.FrozenTrial]:
     """The trials as stored, read without reaping anything."""
-    return {t.number: t for t in optuna.load_study(study_name=name,
-                                                   storage=sweep.storage(url)).trials}
+    return {t.number: t for t in optuna.load_study(study_name=name, storage=sweep.storage(url)).trials}
 
 
-def test_a_dead_workers_trial_is_reaped_by_the_next_command(postgres_url: str, tmp_path: Path,
-                                                            mnist, sweep_worker) -> None:
+def test_a_dead_workers_trial_is_reaped_by_the_next_command(
+    postgres_url: str, tmp_path: Path, mnist, sweep_worker
+) -> None:
     """Worker A is killed mid-trial; worker B, alone, starts and finishes its last trial
     before A's grace period (3 heartbeats) ends, so no worker is left to notice. The next
     command, `sweep report`, fails A's trial and queues its retry; a resumed worker runs it.
@@ -90,8 +97,11 @@ def test_a_dead_workers_trial_is_reaped_by_the_next_command(postgres_url: str, t
     deadline = time.time() + 300
     while time.time() < deadline and victim.poll() is None:
         try:
-            running = [t for t in states_of(name, url).values()  # training: all set up
-                       if t.state == optuna.trial.TrialState.RUNNING and "threads" in t.user_attrs]
+            running = [
+                t
+                for t in states_of(name, url).values()  # training: all set up
+                if t.state == optuna.trial.TrialState.RUNNING and "threads" in t.user_attrs
+            ]
         except KeyError:  # no study yet
             running = []
         if running:
@@ -121,12 +131,17 @@ def test_a_dead_workers_trial_is_reaped_by_the_next_command(postgres_url: str, t
     out = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, out
     trials = states_of(name, url)
-    retries = [t for t in trials.values()
-               if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed]
+    retries = [
+        t
+        for t in trials.values()
+        if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed
+    ]
     assert len(retries) == 1 and retries[0].params == trials[killed].params
     assert retries[0].state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     assert {t.state for n, t in trials.items() if n != killed} <= {
-        optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.PRUNED,
+    }
 
 
 # ---------------------------------------------------------------- 3: a study from a fresh clone
@@ -154,8 +169,7 @@ def test_a_reference_study_is_reported_from_a_fresh_clone(tmp_path: Path) -> Non
     r = ladder("sweep", "report", "budget8k", cwd=work, env=env)
     assert r.returncode == 0, r.stderr
     page = work / "runs" / "sweep-budget8k.md"
-    assert sorted(p.name for p in page.parent.iterdir()) == ["sweep-budget8k-pareto.png",
-                                                             "sweep-budget8k.md"]
+    assert sorted(p.name for p in page.parent.iterdir()) == ["sweep-budget8k-pareto.png", "sweep-budget8k.md"]
     text = page.read_text()
     for link in re.findall(r"\]\(([^)]+)\)", text):  # links only what it wrote, beside it
         assert (page.parent / link).is_file(), link
@@ -179,8 +193,15 @@ def test_reading_a_missing_study_creates_no_database(tmp_path: Path) -> None:
     assert list(tmp_path.rglob("*.db")) == []
 
 
-@pytest.mark.parametrize("args", [["sweep", "report", "../escape"], ["sweep", "--study", "a/b"],
-                                  ["sweep", "report", ".."], ["run", "--from-trial", "../x:1"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sweep", "report", "../escape"],
+        ["sweep", "--study", "a/b"],
+        ["sweep", "report", ".."],
+        ["run", "--from-trial", "../x:1"],
+    ],
+)
 def test_a_study_name_is_never_a_path(tmp_path: Path, args: list[str]) -> None:
     out = tmp_path / "out"
     r = ladder(*args, "--out", str(out), "--storage", f"sqlite:///{tmp_path / 's.db'}")
@@ -211,8 +232,9 @@ def test_unwritable_show_folder_is_one_line(model_and_digit, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
-def test_export_to_an_unwritable_path_or_a_folder_is_one_line(model_and_digit, tmp_path: Path,
-                                                              fmt: str) -> None:
+def test_export_to_an_unwritable_path_or_a_folder_is_one_line(
+    model_and_digit, tmp_path: Path, fmt: str
+) -> None:
     model, _ = model_and_digit
     (tmp_path / "afile").write_text("a file, not a folder")
     r = ladder("export", str(model), "--format", fmt, "--out", str(tmp_path / "afile" / "m.out"))
@@ -253,24 +275,31 @@ def test_read_only_cache_holding_a_bad_file_is_one_line(tmp_path: Path) -> None:
     (cache / "t10k-labels-idx1-ubyte").write_bytes(b"\0" * 10)  # corrupted
     listing = sorted(p.name for p in cache.iterdir())
     with read_only(cache):
-        r = ladder("data", "--data-dir", str(cache), "--idx-dir", str(idx),
-                   env={"MNIST_LADDER_OFFLINE": "1"})
+        r = ladder("data", "--data-dir", str(cache), "--idx-dir", str(idx), env={"MNIST_LADDER_OFFLINE": "1"})
         assert sorted(p.name for p in cache.iterdir()) == listing
     progress = [ln for ln in r.stderr.splitlines() if not ln.startswith("[data]")]
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
     assert len(progress) == 1 and "cannot write the MNIST cache" in progress[0], r.stderr
 
 
-def test_model_file_with_a_huge_architecture_is_refused_before_building(model_and_digit,
-                                                                         tmp_path: Path) -> None:
+def test_model_file_with_a_huge_architecture_is_refused_before_building(
+    model_and_digit, tmp_path: Path
+) -> None:
     _, digit = model_and_digit
-    huge = {"convs1": [10**6], "transition": 10**6, "convs2": [10**6, 10**6], "head": 0,
-            "dropout": 0.0}  # about 76 TB of float32 weights, were it built
+    huge = {
+        "convs1": [10**6],
+        "transition": 10**6,
+        "convs2": [10**6, 10**6],
+        "head": 0,
+        "dropout": 0.0,
+    }  # about 76 TB of float32 weights, were it built
     torch.save({"step": "trial-x", "arch": huge, "state_dict": {}}, tmp_path / "huge.pt")
     r = ladder("predict", str(tmp_path / "huge.pt"), str(digit))
     one_line_error(r, "over the family's limit")
-    torch.save({"step": "trial-x", "arch": {"convs1": "x", "transition": 1, "convs2": [1]},
-                "state_dict": {}}, tmp_path / "odd.pt")
+    torch.save(
+        {"step": "trial-x", "arch": {"convs1": "x", "transition": 1, "convs2": [1]}, "state_dict": {}},
+        tmp_path / "odd.pt",
+    )
     one_line_error(ladder("predict", str(tmp_path / "odd.pt"), str(digit)), "not an architecture")
 
 
@@ -289,8 +318,12 @@ def test_unsafe_checkpoint_is_refused_without_torchs_advice(model_and_digit, tmp
 
 def test_a_reader_that_goes_away_ends_the_output_quietly() -> None:
     """`ladder list | head -1`: the pipe closes before ladder writes."""
-    p = subprocess.Popen([sys.executable, "-m", "mnist_ladder", "list"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "mnist_ladder", "list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     p.stdout.close()
     err = p.stderr.read()
     p.wait(timeout=120)
@@ -308,8 +341,25 @@ def test_more_threads_than_cpus_is_one_line(command: list[str]) -> None:
 
 def test_sweep_trials_run_with_the_threads_asked_for(tmp_path: Path, mnist) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    r = ladder("sweep", "--study", "t", "--trials", "1", "--threads", "1", "--storage", url,
-               "--epochs", "1", "--train-limit", "300", "--eval-limit", "100", "--budget", "100000")
+    r = ladder(
+        "sweep",
+        "--study",
+        "t",
+        "--trials",
+        "1",
+        "--threads",
+        "1",
+        "--storage",
+        url,
+        "--epochs",
+        "1",
+        "--train-limit",
+        "300",
+        "--eval-limit",
+        "100",
+        "--budget",
+        "100000",
+    )
     assert r.returncode == 0, r.stderr
     (trial,) = sweep.load_study("t", url).trials
     assert trial.user_attrs["threads"] == 1
@@ -342,8 +392,9 @@ def image_modes(digit: np.ndarray) -> dict[str, Image.Image]:
     none, full = np.zeros((h, w), np.uint8), np.full((h, w), 255, np.uint8)
 
     def rgba(color: tuple[int, int, int]) -> Image.Image:  # that colour, drawn by alpha alone
-        return Image.merge("RGBA", [Image.fromarray(np.full((h, w), c, np.uint8)) for c in color]
-                           + [Image.fromarray(digit)])
+        return Image.merge(
+            "RGBA", [Image.fromarray(np.full((h, w), c, np.uint8)) for c in color] + [Image.fromarray(digit)]
+        )
 
     # a palette image's transparency is all or nothing: ink in one colour, hard edges
     palette = Image.frombytes("P", (w, h), (digit > 96).astype(np.uint8).tobytes())
@@ -364,14 +415,12 @@ def image_modes(digit: np.ndarray) -> dict[str, Image.Image]:
     }
 
 
-def test_every_image_mode_gives_the_plain_digits_prediction(trained_step6, mnist,
-                                                            tmp_path: Path) -> None:
+def test_every_image_mode_gives_the_plain_digits_prediction(trained_step6, mnist, tmp_path: Path) -> None:
     db, row = trained_step6
     with Store(db, create=False) as store:
         model, _ = predict.load_model(predict.resolve_run(row.id, store))
     for i in range(10):
-        big = Image.fromarray(mnist.test_images[i].numpy()).resize((112, 112),
-                                                                   Image.Resampling.BICUBIC)
+        big = Image.fromarray(mnist.test_images[i].numpy()).resize((112, 112), Image.Resampling.BICUBIC)
         plain = predict.mnist_style(predict.to_gray(big))
         variants = image_modes(np.asarray(big))
         files = []
@@ -392,8 +441,7 @@ def test_every_image_mode_gives_the_plain_digits_prediction(trained_step6, mnist
         assert problems == [] and {p.digit for p in preds} == {digits["plain"]}
 
 
-def test_a_folders_subfolders_are_reported_not_skipped_silently(model_and_digit,
-                                                               tmp_path: Path) -> None:
+def test_a_folders_subfolders_are_reported_not_skipped_silently(model_and_digit, tmp_path: Path) -> None:
     model, digit = model_and_digit
     folder = tmp_path / "photos"
     (folder / "more").mkdir(parents=True)

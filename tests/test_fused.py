@@ -242,9 +242,16 @@ def test_training_steps_stop_page_faulting_their_activations() -> None:
     assert sorted(per_step)[2] < 100, per_step  # about 2,000 a step with glibc's defaults
 
 
-@pytest.mark.parametrize("cfg", [SEED_AUGMENT, Augment(rotation=15, translate=0.2, scale=(0.7, 1.3)),
-                                 Augment(brightness=0.4, contrast=0.4), Augment()],
-                         ids=["seed", "geometric", "photometric", "none"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SEED_AUGMENT,
+        Augment(rotation=15, translate=0.2, scale=(0.7, 1.3)),
+        Augment(brightness=0.4, contrast=0.4),
+        Augment(),
+    ],
+    ids=["seed", "geometric", "photometric", "none"],
+)
 def test_kernel_augmentation_is_torchs_up_to_rounding(mnist, cfg: Augment, monkeypatch) -> None:
     """kernels.c's warp, jitter and normalization give torch's images (the same random
     numbers, so the same transforms), at an odd number of images and over two chunks."""

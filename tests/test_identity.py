@@ -18,7 +18,8 @@ PACKAGE = Path(mnist_ladder.__file__).resolve().parent
 
 
 def test_ladder_reuses_runs_across_view_and_prose_edits_and_retrains_after_engine_edits(
-        tmp_path: Path, mnist) -> None:
+    tmp_path: Path, mnist
+) -> None:
     copy = tmp_path / "src" / "mnist_ladder"
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
     db = tmp_path / "ladder.db"
@@ -26,14 +27,47 @@ def test_ladder_reuses_runs_across_view_and_prose_edits_and_retrains_after_engin
 
     def ladder() -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "mnist_ladder", "ladder", "--steps", "step6", "--seeds", "1",
-             "--epochs", "1", "--train-limit", "256", "--eval-limit", "128", "--precision", "off",
-             "--layout", "cl", "--db", str(db), "--out", str(tmp_path / "runs"), "--no-report"],
-            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+            [
+                sys.executable,
+                "-m",
+                "mnist_ladder",
+                "ladder",
+                "--steps",
+                "step6",
+                "--seeds",
+                "1",
+                "--epochs",
+                "1",
+                "--train-limit",
+                "256",
+                "--eval-limit",
+                "128",
+                "--precision",
+                "off",
+                "--layout",
+                "cl",
+                "--db",
+                str(db),
+                "--out",
+                str(tmp_path / "runs"),
+                "--no-report",
+            ],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, done.stderr
-        assert str(copy) in subprocess.run(  # the copy runs, not the checkout
-            [sys.executable, "-c", "import mnist_ladder; print(mnist_ladder.__file__)"],
-            env=env, capture_output=True, text=True).stdout
+        assert (
+            str(copy)
+            in subprocess.run(  # the copy runs, not the checkout
+                [sys.executable, "-c", "import mnist_ladder; print(mnist_ladder.__file__)"],
+                env=env,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
         return done.stdout
 
     def runs() -> int:

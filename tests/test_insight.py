@@ -21,8 +21,14 @@ from mnist_ladder.views.summary import fields, layer_rows, summary_table
 
 
 def small_net() -> nn.Module:
-    return Net(nn.Conv2d(1, 4, 3), nn.MaxPool2d(2), nn.Conv2d(4, 8, 3, padding=1),
-               nn.Conv2d(8, 8, 3, dilation=2), nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 10, 1))
+    return Net(
+        nn.Conv2d(1, 4, 3),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 8, 3, padding=1),
+        nn.Conv2d(8, 8, 3, dilation=2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Conv2d(8, 10, 1),
+    )
 
 
 def test_receptive_field_of_a_small_network_by_hand() -> None:
@@ -31,12 +37,22 @@ def test_receptive_field_of_a_small_network_by_hand() -> None:
     # conv3 dilation 2: 8 + 2*2*2 = 16 (9, centre 2 + 2*2 = 6); GAP over 9: 16 + 8*2 = 32
     # (jump 18, one unit centred on 6 + 4*2 = 14, the input's centre); 1x1: unchanged
     found = [(f.rf, f.jump, f.size, f.start) for f in fields(list(small_net()))]
-    assert found == [(3, 1, 26, 1.5), (4, 2, 13, 2.0), (8, 2, 13, 2.0), (16, 2, 9, 6.0),
-                     (32, 18, 1, 14.0), (32, 18, 1, 14.0)]
+    assert found == [
+        (3, 1, 26, 1.5),
+        (4, 2, 13, 2.0),
+        (8, 2, 13, 2.0),
+        (16, 2, 9, 6.0),
+        (32, 18, 1, 14.0),
+        (32, 18, 1, 14.0),
+    ]
     drawn = insight.receptive_fields(small_net())  # the 1x1 widens nothing: not drawn
     assert [(label, f.rf) for label, f in drawn] == [
-        ("1 Conv2d 3x3", 3), ("2 MaxPool2d 2x2", 4), ("3 Conv2d 3x3", 8), ("4 Conv2d 3x3", 16),
-        ("5 AdaptiveAvgPool2d 9x9", 32)]
+        ("1 Conv2d 3x3", 3),
+        ("2 MaxPool2d 2x2", 4),
+        ("3 Conv2d 3x3", 8),
+        ("4 Conv2d 3x3", 16),
+        ("5 AdaptiveAvgPool2d 9x9", 32),
+    ]
 
 
 @pytest.mark.parametrize("name", ["step0", "step6", "step7", "step13"])
@@ -113,23 +129,27 @@ def test_the_four_figures_are_written_and_readable(tmp_path: Path, mnist, name: 
 
 
 def test_kernels_of_any_first_layer_and_saliency_with_nothing_wrong(tmp_path: Path, mnist) -> None:
-    for i, first in enumerate([nn.Conv2d(1, 4, 5), nn.Conv2d(1, 1, 3),
-                               nn.Conv2d(3, 6, 3, groups=3), nn.Conv2d(2, 3, 1)]):
+    for i, first in enumerate(
+        [nn.Conv2d(1, 4, 5), nn.Conv2d(1, 1, 3), nn.Conv2d(3, 6, 3, groups=3), nn.Conv2d(2, 3, 1)]
+    ):
         insight.plot_kernels(nn.Sequential(first), tmp_path / f"k{i}.png")
         readable(tmp_path / f"k{i}.png")
     labels = mnist.test_labels[:5]
-    fig = insight.plot_saliency(steps.get("step1").build(), mnist.test_images[:5], labels, labels,
-                                tmp_path / "none-wrong.png")
+    fig = insight.plot_saliency(
+        steps.get("step1").build(), mnist.test_images[:5], labels, labels, tmp_path / "none-wrong.png"
+    )
     assert "no misclassified digits" in [t.get_text() for ax in fig.axes for t in ax.texts]
     readable(tmp_path / "none-wrong.png")
 
 
-def test_without_a_path_a_figure_is_returned_and_nothing_written(tmp_path: Path, monkeypatch,
-                                                                 mnist) -> None:
+def test_without_a_path_a_figure_is_returned_and_nothing_written(tmp_path: Path, monkeypatch, mnist) -> None:
     monkeypatch.chdir(tmp_path)
     model = steps.get("step13").build()
-    figs = [insight.plot_kernels(model), insight.plot_feature_maps(model, mnist.test_images[0]),
-            insight.plot_receptive_field(model)]
+    figs = [
+        insight.plot_kernels(model),
+        insight.plot_feature_maps(model, mnist.test_images[0]),
+        insight.plot_receptive_field(model),
+    ]
     assert len(figs[1].axes) == 1 + 9 * 8 + 1  # the input, 9 convolutions' 8 maps, the logits
     assert len([ax for ax in figs[2].axes if ax.patches]) == 8  # a panel per widening layer
     assert not list(tmp_path.iterdir())
@@ -143,9 +163,29 @@ def test_ladder_show_writes_the_figures_of_a_stored_run(tmp_path: Path, capsys) 
     torch.save({"step": "step13", "state_dict": s.build().state_dict()}, run_dir / "model.pt")
     db = tmp_path / "runs" / "ladder.db"
     with Store(db) as store:
-        store.add_run(RunRow("r1", "step13", 1, "test", s.recipe.to_dict(), s.params, "c0de",
-                             "abc123", 0, "2.13.0", "cpu", 1, str(run_dir), "host", 1,
-                             "2026-01-01T00:00:00", "2026-01-01T00:02:00", "finished", 120.0))
+        store.add_run(
+            RunRow(
+                "r1",
+                "step13",
+                1,
+                "test",
+                s.recipe.to_dict(),
+                s.params,
+                "c0de",
+                "abc123",
+                0,
+                "2.13.0",
+                "cpu",
+                1,
+                str(run_dir),
+                "host",
+                1,
+                "2026-01-01T00:00:00",
+                "2026-01-01T00:02:00",
+                "finished",
+                120.0,
+            )
+        )
     out = tmp_path / "figures"
     assert cli.main(["show", "r1", "--db", str(db), "--figures", str(out)]) == 0
     printed = capsys.readouterr().out

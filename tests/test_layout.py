@@ -25,12 +25,12 @@ def _fit(step, data, recipe, name: str, amp: bool) -> list[T.EpochResult]:
 @pytest.mark.parametrize("amp", [False, True])
 def test_a_run_gives_the_same_numbers_in_every_layout(mnist, amp) -> None:
     import dataclasses
+
     step = steps.get("step6")
     recipe = dataclasses.replace(step.recipe, epochs=2)
     data = T.prepare(mnist, CPU, train_limit=1024, eval_limit=500)
     # between them these move every op a layout changes: convolutions, BatchNorm, max-pool
-    runs = {name: _fit(step, data, recipe, name, amp)
-            for name in ("cl", "cl+bn-nchw", "nchw+pool-cl")}
+    runs = {name: _fit(step, data, recipe, name, amp) for name in ("cl", "cl+bn-nchw", "nchw+pool-cl")}
     ref = runs["cl"]
     for name, hist in runs.items():
         for a, b in zip(hist, ref, strict=True):
@@ -66,22 +66,26 @@ def test_choose_measures_once_then_reads_the_cache(mnist, monkeypatch) -> None:
     monkeypatch.setattr(layout, "measure", lambda *a, **k: calls.append(1) or dict(timings))
     logged: list[str] = []
     for _ in range(2):
-        assert layout.choose(step, step.recipe, CPU, True, data, identity="probe-test",
-                             log=logged.append) == "nchw"
+        assert (
+            layout.choose(step, step.recipe, CPU, True, data, identity="probe-test", log=logged.append)
+            == "nchw"
+        )
     assert calls == [1] and "nchw" in logged[0]
     entry = json.loads(layout.cache_path().read_text())[layout.cache_key("probe-test")]
     assert entry["layout"] == "nchw" and entry["ms_per_step"]["cl"] == 2.0
     # another training identity (another precision, engine, network) is another entry,
     # measured anew; a layout within the margin of the default does not replace it
     timings.update(nchw=1.98)
-    assert layout.choose(step, step.recipe, CPU, False, data, identity="probe-fp32",
-                         log=logged.append) == "cl"
+    assert (
+        layout.choose(step, step.recipe, CPU, False, data, identity="probe-fp32", log=logged.append) == "cl"
+    )
     assert calls == [1, 1]
     # a choice measured by other engine code (an older checkout sharing the cache) has
     # another identity: measured anew
     timings.update(nchw=2.5, cl=1.0)
-    assert layout.choose(step, step.recipe, CPU, True, data, identity="older-engine",
-                         log=logged.append) == "cl"
+    assert (
+        layout.choose(step, step.recipe, CPU, True, data, identity="older-engine", log=logged.append) == "cl"
+    )
     assert calls == [1, 1, 1]
 
 

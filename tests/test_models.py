@@ -19,7 +19,14 @@ def test_every_step_builds_with_its_pinned_parameter_count(name: str) -> None:
 
 def test_seed_parameter_counts() -> None:
     assert [steps.get(f"step{i}").params for i in range(7)] == [
-        6_379_786, 4_572, 5_088, 5_088, 6_124, 6_124, 6_720]
+        6_379_786,
+        4_572,
+        5_088,
+        5_088,
+        6_124,
+        6_124,
+        6_720,
+    ]
     assert steps.get("step6").params < 8_000
 
 
@@ -53,6 +60,7 @@ def test_variant_names_resolve_and_unknown_ones_fail() -> None:
 
 def test_separable_block_costs_depthwise_plus_pointwise() -> None:
     from mnist_ladder.engine.models import separable
+
     assert count_parameters(separable(12, 16)) == 12 * 9 + 12 * 16 + 2 * 16
 
 
@@ -129,12 +137,15 @@ def test_fast_dropout_drops_the_same_elements_in_any_layout(memory_format, amp) 
 @pytest.mark.parametrize("memory_format", LAYOUTS)
 def test_pool_and_batchnorm_in_the_other_layout_match_torch(memory_format, amp) -> None:
     from mnist_ladder.engine.models import BatchNormNCHW, MaxPoolCL
+
     torch.manual_seed(0)
     # ReLU'd input: windows of equal zeros, where the gradient's tie-breaking shows
     x = torch.randn(8, 6, 13, 12).relu().contiguous(memory_format=memory_format)
     pooled = torch.randn(8, 6, 6, 6)
-    for ours, ref, g in [(MaxPoolCL(2), torch.nn.MaxPool2d(2), pooled),
-                         (BatchNormNCHW(6), torch.nn.BatchNorm2d(6), torch.randn(8, 6, 13, 12))]:
+    for ours, ref, g in [
+        (MaxPoolCL(2), torch.nn.MaxPool2d(2), pooled),
+        (BatchNormNCHW(6), torch.nn.BatchNorm2d(6), torch.randn(8, 6, 13, 12)),
+    ]:
         if isinstance(ref, torch.nn.BatchNorm2d):
             torch.nn.init.uniform_(ref.weight)
         ours.load_state_dict(ref.state_dict())

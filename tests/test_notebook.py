@@ -18,10 +18,10 @@ def test_the_notebook_runs_top_to_bottom(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("LADDER_NOTEBOOK_EPOCHS", "1")
     nb = nbformat.read(copy, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # kept unexecuted
-    NotebookClient(nb, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()  # raises on a failing cell
-    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                     for o in c.outputs)
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()  # raises on a failing cell
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "final test accuracy" in text and "6,720 parameters" in text
     assert "Difference, B - A" in text  # the comparison over seeds printed
     assert (tmp_path / "runs" / "ladder.db").is_file()  # the notebook's runs: its own store

@@ -30,8 +30,10 @@ def user_images(mnist, folder: Path, n: int = 200, seed: int = 0) -> list[tuple[
         size = int(rng.integers(100, 401))
         big = digit.resize((size, size), Image.Resampling.BICUBIC)
         canvas = Image.new("L", (int(size * rng.uniform(1.2, 2.0)), int(size * rng.uniform(1.2, 2.0))))
-        canvas.paste(big, (int(rng.integers(0, canvas.width - size + 1)),
-                           int(rng.integers(0, canvas.height - size + 1))))
+        canvas.paste(
+            big,
+            (int(rng.integers(0, canvas.width - size + 1)), int(rng.integers(0, canvas.height - size + 1))),
+        )
         if i % 2:  # dark ink on light paper
             canvas = Image.eval(canvas, lambda v: 255 - v)
         if i % 5 == 0:
@@ -43,8 +45,9 @@ def user_images(mnist, folder: Path, n: int = 200, seed: int = 0) -> list[tuple[
     return out
 
 
-def test_user_style_images_are_predicted_almost_as_well_as_tensors(trained_step6, mnist,
-                                                                    tmp_path: Path) -> None:
+def test_user_style_images_are_predicted_almost_as_well_as_tensors(
+    trained_step6, mnist, tmp_path: Path
+) -> None:
     db, row = trained_step6
     with Store(db, create=False) as store:
         model, step = predict.load_model(predict.resolve_run(row.id, store))
@@ -64,8 +67,11 @@ def test_user_style_images_are_predicted_almost_as_well_as_tensors(trained_step6
 def test_preprocessing_recentres_like_mnist(mnist) -> None:
     digit = mnist.test_images[0].numpy().astype(np.float32) / 255
     canvas = np.ones((300, 200), dtype=np.float32)
-    canvas[10:122, 70:182] = 1 - np.asarray(
-        Image.fromarray((digit * 255).astype(np.uint8)).resize((112, 112)), dtype=np.float32) / 255
+    canvas[10:122, 70:182] = (
+        1
+        - np.asarray(Image.fromarray((digit * 255).astype(np.uint8)).resize((112, 112)), dtype=np.float32)
+        / 255
+    )
     seen = predict.mnist_style(canvas)
     assert seen.shape == (28, 28) and seen.max() == pytest.approx(1.0, abs=0.05)
     ys, xs = np.nonzero(seen > 0.1)
@@ -84,39 +90,63 @@ def truncated_png(path: Path) -> Path:
 
 def huge_png_header(path: Path, w: int = 20_000, h: int = 20_000) -> Path:
     """A valid PNG header announcing 20,000 x 20,000 pixels, without the pixels."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
     return path
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: (p.write_text("hello, not an image"), p)[1], "not an image"),
-    (lambda p: (p.write_bytes(b""), p)[1], "empty file"),
-    (truncated_png, "truncated"),
-    (huge_png_header, "pixel limit"),
-    (lambda p: (Image.new("L", (64, 64), 255).save(p, format="PNG"), p)[1], "no digit found"),
-])
-def test_bad_images_are_one_clear_line_and_nonzero(trained_step6, tmp_path: Path, make,
-                                                   message) -> None:
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: (p.write_text("hello, not an image"), p)[1], "not an image"),
+        (lambda p: (p.write_bytes(b""), p)[1], "empty file"),
+        (truncated_png, "truncated"),
+        (huge_png_header, "pixel limit"),
+        (lambda p: (Image.new("L", (64, 64), 255).save(p, format="PNG"), p)[1], "no digit found"),
+    ],
+)
+def test_bad_images_are_one_clear_line_and_nonzero(trained_step6, tmp_path: Path, make, message) -> None:
     db, row = trained_step6
     bad = make(tmp_path / "input.png")
-    r = subprocess.run([sys.executable, "-m", "mnist_ladder", "predict", row.id, str(bad),
-                        "--db", str(db)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "mnist_ladder", "predict", row.id, str(bad), "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode != 0
     assert message in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_folder_of_mixed_files_predicts_images_and_reports_the_rest(trained_step6, mnist,
-                                                                    tmp_path: Path) -> None:
+def test_folder_of_mixed_files_predicts_images_and_reports_the_rest(
+    trained_step6, mnist, tmp_path: Path
+) -> None:
     db, row = trained_step6
     files = user_images(mnist, tmp_path / "mixed", n=4)
     (tmp_path / "mixed" / "notes.txt").write_text("not an image")
-    r = subprocess.run([sys.executable, "-m", "mnist_ladder", "predict", row.id,
-                        str(tmp_path / "mixed"), "--db", str(db), "--json",
-                        "--show", str(tmp_path / "seen")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mnist_ladder",
+            "predict",
+            row.id,
+            str(tmp_path / "mixed"),
+            "--db",
+            str(db),
+            "--json",
+            "--show",
+            str(tmp_path / "seen"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert len(out["predictions"]) == 4 and any("notes.txt" in s for s in out["skipped"])
@@ -145,8 +175,7 @@ def test_mismatched_architecture_is_one_line(trained_step6, tmp_path: Path) -> N
         predict.load_model(tmp_path / "model.pt")
 
 
-def test_onnx_export_matches_pytorch_on_the_whole_test_set(trained_step6, mnist,
-                                                           tmp_path: Path) -> None:
+def test_onnx_export_matches_pytorch_on_the_whole_test_set(trained_step6, mnist, tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     _db, row = trained_step6
     model, _ = predict.load_model(Path(row.run_dir) / "model.pt")
@@ -154,8 +183,9 @@ def test_onnx_export_matches_pytorch_on_the_whole_test_set(trained_step6, mnist,
     x = train.to_unit(mnist.test_images)
     ref = predict.WithNormalization(model).eval()(x).detach().numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = np.concatenate([session.run(None, {"images": x[i:i + 1000].numpy()})[0]
-                          for i in range(0, len(x), 1000)])  # batch 1000: dynamic batch axis
+    got = np.concatenate(
+        [session.run(None, {"images": x[i : i + 1000].numpy()})[0] for i in range(0, len(x), 1000)]
+    )  # batch 1000: dynamic batch axis
     assert got.shape == (10_000, 10)
     assert np.abs(got - ref).max() < 1e-4  # stated tolerance on logits
     assert (got.argmax(1) == ref.argmax(1)).all()

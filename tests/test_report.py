@@ -23,30 +23,75 @@ GOLDEN = Path(__file__).parent / "golden" / "REPORT.md"
 
 
 def curve(start: float, end: float, wobble: float, n: int = 15) -> list[float]:
-    return [round(start + (end - start) * (1 - 0.7 ** i) / (1 - 0.7 ** (n - 1)) +
-                  (wobble * (-1) ** i if i < n - 1 else 0), 2) for i in range(n)]
+    return [
+        round(
+            start
+            + (end - start) * (1 - 0.7**i) / (1 - 0.7 ** (n - 1))
+            + (wobble * (-1) ** i if i < n - 1 else 0),
+            2,
+        )
+        for i in range(n)
+    ]
 
 
-def add_run(store: Store, tmp: Path, run_id: str, step: str, seed: int, final: float,
-            status: str = "finished", protocol: str = "test", weights: bool = True) -> None:
+def add_run(
+    store: Store,
+    tmp: Path,
+    run_id: str,
+    step: str,
+    seed: int,
+    final: float,
+    status: str = "finished",
+    protocol: str = "test",
+    weights: bool = True,
+) -> None:
     s = steps.get(step)
     run_dir = tmp / "runs" / run_id
     run_dir.mkdir(parents=True)
     if weights:
         torch.manual_seed(seed)
         torch.save({"step": step, "state_dict": s.build().state_dict()}, run_dir / "model.pt")
-    store.add_run(RunRow(run_id, step, seed, protocol, s.recipe.to_dict(), s.params, "c0de",
-                         "abc123", 0, "2.13.0", "cpu", 1, str(run_dir), "host", 1,
-                         "2026-01-01T00:00:00", "2026-01-01T00:02:00", status, 120.0 + seed))
+    store.add_run(
+        RunRow(
+            run_id,
+            step,
+            seed,
+            protocol,
+            s.recipe.to_dict(),
+            s.params,
+            "c0de",
+            "abc123",
+            0,
+            "2.13.0",
+            "cpu",
+            1,
+            str(run_dir),
+            "host",
+            1,
+            "2026-01-01T00:00:00",
+            "2026-01-01T00:02:00",
+            status,
+            120.0 + seed,
+        )
+    )
     test = curve(96.0, final, 0.03 * seed)
     train = curve(90.0, final - 1.0, 0.02)
     blind = protocol == "val-only"  # a design run: validation only, test never evaluated
     for e in range(15 if status == "finished" else 5):
-        store.add_epoch(run_id, {"epoch": e + 1, "lr": 0.01, "train_loss": 0.3 / (e + 1),
-                                 "train_acc": train[e], "test_loss": None if blind else 0.1 / (e + 1),
-                                 "test_acc": None if blind else test[e],
-                                 "val_loss": 0.1 / (e + 1) if blind else None,
-                                 "val_acc": test[e] if blind else None, "seconds": 8.0})
+        store.add_epoch(
+            run_id,
+            {
+                "epoch": e + 1,
+                "lr": 0.01,
+                "train_loss": 0.3 / (e + 1),
+                "train_acc": train[e],
+                "test_loss": None if blind else 0.1 / (e + 1),
+                "test_acc": None if blind else test[e],
+                "val_loss": 0.1 / (e + 1) if blind else None,
+                "val_acc": test[e] if blind else None,
+                "seconds": 8.0,
+            },
+        )
 
 
 def make_store(tmp: Path) -> Path:
@@ -62,15 +107,24 @@ def make_store(tmp: Path) -> Path:
         for seed, final in ((1, 99.45), (2, 99.41)):
             add_run(store, tmp, f"step7-s{seed}-design", "step7", seed, final, protocol="val-only")
         add_run(store, tmp, "step7.all-full-s1", "step7.all-full", 1, 99.2, protocol="val-only")
-        add_run(store, tmp, "step7.all-full-cut", "step7.all-full", 2, 99.2, protocol="val-only",
-                status="interrupted")
+        add_run(
+            store,
+            tmp,
+            "step7.all-full-cut",
+            "step7.all-full",
+            2,
+            99.2,
+            protocol="val-only",
+            status="interrupted",
+        )
     return db
 
 
 def test_report_matches_golden_and_every_image_exists(tmp_path: Path, mnist) -> None:
     db = make_store(tmp_path)
-    out, skipped = write_report(db, tmp_path / "REPORT.md", (mnist.test_images[:500],
-                                                               mnist.test_labels[:500]))
+    out, skipped = write_report(
+        db, tmp_path / "REPORT.md", (mnist.test_images[:500], mnist.test_labels[:500])
+    )
     text = out.read_text()
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     # overview; step6 curves/misclassified/confusion and what it sees; step4 curves
@@ -103,10 +157,11 @@ def test_report_matches_golden_and_every_image_exists(tmp_path: Path, mnist) -> 
 def test_design_runs_are_tabled_under_their_step_never_as_results(tmp_path: Path) -> None:
     db = make_store(tmp_path)
     text = write_report(db, tmp_path / "REPORT.md", None)[0].read_text()
-    design = text[text.index("## step7: design runs only"):]
+    design = text[text.index("## step7: design runs only") :]
     assert "| `step7` | **the step as defined** | 3,624 | 2 | 99.43 ± 0.02 (99.41) | - |" in design
-    assert ("| `step7.all-full` | full 3x3 convolutions only, narrower | 3,792 | 1 | 99.20 (99.20) "
-            "| -0.23 |") in design
+    assert (
+        "| `step7.all-full` | full 3x3 convolutions only, narrower | 3,792 | 1 | 99.20 (99.20) | -0.23 |"
+    ) in design
     assert "| step7 |" not in text  # no test-protocol row from design runs
 
 
@@ -121,8 +176,9 @@ def test_report_numbers_are_the_stores(tmp_path: Path) -> None:
     assert "| 1/3 |" in text  # seeds holding 99.4 over the last 3 epochs (one, by construction)
     curves = [curve(96.0, f, 0.03 * seed) for seed, f in enumerate(finals, start=1)]
     mean_last = [sum(c[i] for c in curves) / 3 for i in (-3, -2, -1)]
-    assert ("Mean of the 3 seeds in each of the last 3 epochs: "
-            + ", ".join(f"{v:.2f}" for v in mean_last)) in text
+    assert (
+        "Mean of the 3 seeds in each of the last 3 epochs: " + ", ".join(f"{v:.2f}" for v in mean_last)
+    ) in text
     assert "(below 99.4 in at least one)" in text  # 99.30's seed pulls the mean under
 
 
@@ -133,15 +189,14 @@ def test_a_step_is_compared_with_the_step_it_builds_on(tmp_path: Path) -> None:
             add_run(store, tmp_path, f"{step}-s1", step, 1, final, weights=False)
     text = write_report(db, tmp_path / "REPORT.md", None)[0].read_text()
     assert steps.get("step13").builds_on == "step11"
-    step13 = text[text.index("## step13"):]
+    step13 = text[text.index("## step13") :]
     assert "Versus step11: +0 parameters, final test accuracy +0.03 points" in step13
-    step12 = text[text.index("## step12"):text.index("## step13")]
+    step12 = text[text.index("## step12") : text.index("## step13")]
     assert "Versus step11" not in step12  # step12 builds on step9, which has no runs here
 
 
 @pytest.mark.parametrize("store", ["missing", "not a database"])
-def test_a_store_that_cannot_be_read_leaves_the_old_report_as_it_was(tmp_path: Path,
-                                                                      store: str) -> None:
+def test_a_store_that_cannot_be_read_leaves_the_old_report_as_it_was(tmp_path: Path, store: str) -> None:
     db = make_store(tmp_path)
     out, _ = write_report(db, tmp_path / "REPORT.md", None)
     old_text = out.read_text()
@@ -153,8 +208,7 @@ def test_a_store_that_cannot_be_read_leaves_the_old_report_as_it_was(tmp_path: P
     with pytest.raises(ReportError, match="nothing written"):
         write_report(bad, out, None)
     assert out.read_text() == old_text
-    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == sorted(
-        [*figures, "sweep-kept.md"])
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == sorted([*figures, "sweep-kept.md"])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report-")]
 
 
@@ -179,8 +233,16 @@ def cells(line: str) -> int:
 def test_every_table_row_has_its_header_s_cells(tmp_path: Path) -> None:
     db = make_store(tmp_path)
     with Store(db) as store:  # its description has '|' in it
-        add_run(store, tmp_path, "step8.full-back-s1", "step8.full-back", 1, 99.4,
-                protocol="val-only", weights=False)
+        add_run(
+            store,
+            tmp_path,
+            "step8.full-back-s1",
+            "step8.full-back",
+            1,
+            99.4,
+            protocol="val-only",
+            weights=False,
+        )
     text = write_report(db, tmp_path / "REPORT.md", None)[0].read_text()
     assert "`step8.full-back`" in text
     header = None
@@ -199,9 +261,8 @@ def test_a_mean_final_goal_is_judged_on_the_mean_not_on_99_4_held(tmp_path: Path
         for seed, final in [(1, 99.52), (2, 99.46), (3, 99.47)]:  # mean < 99.5
             add_run(store, tmp_path, f"step9-s{seed}", "step9", seed, final, weights=False)
     text = write_report(db, tmp_path / "REPORT.md", None)[0].read_text()
-    section = text[text.index("## step9"):]
-    assert "Target missed: mean final test accuracy 99.48 over 3 seed(s), for a goal of ≥ 99.5." \
-        in section
+    section = text[text.index("## step9") :]
+    assert "Target missed: mean final test accuracy 99.48 over 3 seed(s), for a goal of ≥ 99.5." in section
     assert "99.4 held by 1 of 3 seeds" in section  # the curves wobble below it near the end
     assert "Target met" not in section.split("### What was tried")[0]
 
@@ -210,10 +271,11 @@ def test_what_a_step_says_it_tried_is_listed_even_without_runs(tmp_path: Path) -
     db = tmp_path / "runs" / "ladder.db"
     with Store(db) as store:
         add_run(store, tmp_path, "step9-s1", "step9", 1, 99.5, weights=False)
-        add_run(store, tmp_path, "step9.batch64-s1", "step9.batch64", 1, 99.3,
-                protocol="val-only", weights=False)
+        add_run(
+            store, tmp_path, "step9.batch64-s1", "step9.batch64", 1, 99.3, protocol="val-only", weights=False
+        )
     text = write_report(db, tmp_path / "REPORT.md", None)[0].read_text()
-    tried = text[text.index("## step9"):].split("### What was tried")[1]
+    tried = text[text.index("## step9") :].split("### What was tried")[1]
     assert "| `step9.batch64` | batch size 64" in tried and "| 1 | 99.30 (99.30)" in tried
     absent = [v.name for v in steps.get("step9").tried if v.name != "batch64"]
     for name in absent:
@@ -229,21 +291,26 @@ def test_a_step_beyond_the_seed_names_the_commit_of_its_first_test_run(tmp_path:
         add_run(store, tmp_path, "step12-s2", "step12", 2, 99.55, weights=False)
         add_run(store, tmp_path, "step6-s1", "step6", 1, 99.50, weights=False)
         # the first test run is the earliest started, whatever its seed or outcome
-        store.db.execute("UPDATE runs SET started = '2025-12-31T23:00:00', git_commit = ?, "
-                         "git_dirty = 1 WHERE id = 'step12-s2'", ("f" * 40,))
+        store.db.execute(
+            "UPDATE runs SET started = '2025-12-31T23:00:00', git_commit = ?, "
+            "git_dirty = 1 WHERE id = 'step12-s2'",
+            ("f" * 40,),
+        )
         store.db.commit()
     # written into a folder that does not exist yet (`ladder report --report-path new/...`)
     text = write_report(db, tmp_path / "new" / "REPORT.md", None)[0].read_text()
-    step12 = text[text.index("## step12"):]
-    assert ("- First test-protocol run: 2025-12-31 23:00 UTC, git ffffffffffff (uncommitted "
-            "changes); check: `git show ffffffffffff:src/mnist_ladder/steps/"
-            "step12_pool_later_8k.py`") in step12
-    step6 = text[text.index("## step6"):text.index("## step12")]
+    step12 = text[text.index("## step12") :]
+    assert (
+        "- First test-protocol run: 2025-12-31 23:00 UTC, git ffffffffffff (uncommitted "
+        "changes); check: `git show ffffffffffff:src/mnist_ladder/steps/"
+        "step12_pool_later_8k.py`"
+    ) in step12
+    step6 = text[text.index("## step6") : text.index("## step12")]
     assert "First test-protocol run" not in step6  # the seed's own steps: their document
 
 
 def test_the_frontier_is_the_best_of_each_size_gaining_with_size() -> None:
     from mnist_ladder.views.report import pareto_front
-    points = [(3888, 99.36), (3888, 99.47), (3624, 99.22), (7322, 99.45), (7870, 99.55),
-              (6720, 99.43)]
+
+    points = [(3888, 99.36), (3888, 99.47), (3624, 99.22), (7322, 99.45), (7870, 99.55), (6720, 99.43)]
     assert pareto_front(points) == [(3624, 99.22), (3888, 99.47), (7870, 99.55)]

@@ -21,15 +21,32 @@ CPU = torch.device("cpu")
 
 
 def spec(epochs: int = 3) -> experiment.Spec:
-    return experiment.make_spec(steps.get("step1"), seed=3, epochs=epochs, train_limit=1_500,
-                                eval_limit=500)
+    return experiment.make_spec(steps.get("step1"), seed=3, epochs=epochs, train_limit=1_500, eval_limit=500)
 
 
 def row(run_id: str, status: str = "running") -> RunRow:
     s = spec()
-    return RunRow(run_id, s.step, s.seed, s.protocol, s.recipe.to_dict(), 4_572, "c0de", None,
-                  None, "2.13", "cpu", 0, f"/tmp/{run_id}", "host", os.getpid(), "2026-01-01",
-                  None, status, None)
+    return RunRow(
+        run_id,
+        s.step,
+        s.seed,
+        s.protocol,
+        s.recipe.to_dict(),
+        4_572,
+        "c0de",
+        None,
+        None,
+        "2.13",
+        "cpu",
+        0,
+        f"/tmp/{run_id}",
+        "host",
+        os.getpid(),
+        "2026-01-01",
+        None,
+        status,
+        None,
+    )
 
 
 def test_a_run_is_claimed_once(tmp_path: Path) -> None:
@@ -64,12 +81,14 @@ def fit_then(action, after: int = 1):
             yield r
             if i + 1 == after:
                 action()
+
     return wrapped
 
 
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
 def test_a_store_lost_under_a_live_run_is_said_and_the_run_recovers_from_its_folder(
-        tmp_path: Path, mnist, monkeypatch, how: str, capsys) -> None:
+    tmp_path: Path, mnist, monkeypatch, how: str, capsys
+) -> None:
     db = tmp_path / "l.db"
 
     def lose() -> None:
@@ -79,8 +98,7 @@ def test_a_store_lost_under_a_live_run_is_said_and_the_run_recovers_from_its_fol
 
     monkeypatch.setattr(experiment, "fit", fit_then(lose))
     with Store(db) as store, pytest.raises(StoreError, match="deleted or replaced") as e:
-        experiment.execute(spec(), mnist, store, tmp_path / "runs", device=CPU, amp=False,
-                           log=lambda s: None)
+        experiment.execute(spec(), mnist, store, tmp_path / "runs", device=CPU, amp=False, log=lambda s: None)
     assert "ladder run --resume" in str(e.value)
     monkeypatch.undo()
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -92,8 +110,7 @@ def test_a_store_lost_under_a_live_run_is_said_and_the_run_recovers_from_its_fol
         assert [e["epoch"] for e in store.epochs(again.id)] == [1, 2, 3]
 
 
-def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(tmp_path: Path, mnist,
-                                                                monkeypatch) -> None:
+def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(tmp_path: Path, mnist, monkeypatch) -> None:
     real_save = torch.save
     calls = {"n": 0}
 
@@ -107,8 +124,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(tmp_path: Path, 
     monkeypatch.setattr(torch, "save", save_then_fill_the_disk)
     store = Store(tmp_path / "l.db")
     with pytest.raises(experiment.RunError, match="No space left on device") as e:
-        experiment.execute(spec(), mnist, store, tmp_path / "runs", device=CPU, amp=False,
-                           log=lambda s: None)
+        experiment.execute(spec(), mnist, store, tmp_path / "runs", device=CPU, amp=False, log=lambda s: None)
     assert "stops after epoch 1" in str(e.value) and "\n" not in str(e.value)
     monkeypatch.undo()
     (cut,) = store.runs()
@@ -118,8 +134,16 @@ def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(tmp_path: Path, 
     assert cut.effective_status == "failed"
     with store.db:
         store.db.execute("UPDATE runs SET status='interrupted' WHERE id=?", (cut.id,))
-    done = experiment.execute(spec(), mnist, store, tmp_path / "runs", device=CPU, amp=False,
-                              resume=store.run(cut.id), log=lambda s: None)
+    done = experiment.execute(
+        spec(),
+        mnist,
+        store,
+        tmp_path / "runs",
+        device=CPU,
+        amp=False,
+        resume=store.run(cut.id),
+        log=lambda s: None,
+    )
     assert [x["epoch"] for x in store.epochs(done.id)] == [1, 2, 3]
 
 

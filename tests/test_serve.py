@@ -29,8 +29,9 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 STROKES = {
     1: [[(150, 45), (146, 100), (142, 160), (138, 235)]],
     7: [[(70, 55), (140, 55), (215, 55), (180, 115), (150, 175), (125, 240)]],
-    0: [[(140, 40), (85, 70), (65, 140), (85, 210), (140, 240), (195, 210), (215, 140), (195, 70),
-         (140, 40)]],
+    0: [
+        [(140, 40), (85, 70), (65, 140), (85, 210), (140, 240), (195, 210), (215, 140), (195, 70), (140, 40)]
+    ],
 }
 
 
@@ -75,9 +76,17 @@ def browser(tmp_path_factory):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ["--headless=new", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,860",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"]:
+    for arg in [
+        "--headless=new",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,860",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+    ]:
         options.add_argument(arg)
     if os.geteuid() == 0:  # Chromium refuses to run as root inside its sandbox
         options.add_argument("--no-sandbox")
@@ -105,8 +114,9 @@ def draw(driver, canvas, strokes: list[list[tuple[int, int]]]) -> None:
         actions.perform()
 
 
-def test_a_real_browser_draws_digits_and_reads_each_prediction(server, browser, trained_step6,
-                                                               tmp_path: Path) -> None:
+def test_a_real_browser_draws_digits_and_reads_each_prediction(
+    server, browser, trained_step6, tmp_path: Path
+) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -133,8 +143,7 @@ def test_a_real_browser_draws_digits_and_reads_each_prediction(server, browser, 
         seen = browser.find_element(By.ID, "seen").get_attribute("src")
         assert seen.startswith("data:image/png;base64,")
     # Everything the page loaded came from this server: it works offline.
-    loaded = browser.execute_script(
-        "return performance.getEntriesByType('resource').map(e => e.name)")
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert loaded and all(u.startswith(server + "/") or u.startswith("data:") for u in loaded), loaded
     shot = tmp_path / "serve.png"
     assert browser.save_screenshot(str(shot))
@@ -214,10 +223,18 @@ def test_a_damaged_store_is_one_error_and_the_page_still_loads(tmp_path: Path) -
 def test_ladder_serve_runs_until_ctrl_c(trained_step6, tmp_path: Path) -> None:
     db, row = trained_step6
     package_root = str(Path(serve.__file__).resolve().parents[1])  # this checkout's, not another
-    env = {**os.environ, "MNIST_LADDER_REFERENCE": str(tmp_path / "no-reference"),
-           "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "mnist_ladder", "serve", "--db", str(db), "--port", "0"],
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    env = {
+        **os.environ,
+        "MNIST_LADDER_REFERENCE": str(tmp_path / "no-reference"),
+        "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnist_ladder", "serve", "--db", str(db), "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     try:
         line = proc.stderr.readline()
         assert line.startswith("serving on http://127.0.0.1:"), line
@@ -231,8 +248,7 @@ def test_ladder_serve_runs_until_ctrl_c(trained_step6, tmp_path: Path) -> None:
     assert "Traceback" not in rest
 
 
-def test_ladder_serve_errors_are_one_line(trained_step6, tmp_path: Path, capsys,
-                                          monkeypatch) -> None:
+def test_ladder_serve_errors_are_one_line(trained_step6, tmp_path: Path, capsys, monkeypatch) -> None:
     db, _ = trained_step6
     monkeypatch.setenv("MNIST_LADDER_REFERENCE", str(tmp_path / "no-reference"))
     taken = serve.bind("127.0.0.1", 0)

@@ -35,6 +35,7 @@ def test_table_lists_shapes_params_and_total() -> None:
 
 def test_searched_architectures_with_adaptive_gap() -> None:
     from mnist_ladder.engine.family import build
+
     arch = {"convs1": [8, 16], "transition": 8, "convs2": [10, 16, 18], "head": 16, "dropout": 0.03}
     rows = layer_rows(build(arch))
     gap = next(r for r in rows if r.name == "AdaptiveAvgPool2d")

@@ -46,8 +46,9 @@ def test_two_workers_share_one_study(storage_url: str, tmp_path: Path, mnist, sw
     assert len(params) == len(set(params))  # no trial ran twice
 
 
-def test_killed_worker_trial_is_retried_not_lost(storage_url: str, tmp_path: Path, mnist,
-                                                 sweep_worker) -> None:
+def test_killed_worker_trial_is_retried_not_lost(
+    storage_url: str, tmp_path: Path, mnist, sweep_worker
+) -> None:
     name = f"kill-{time.time_ns()}"
     same_command = ["--fix", "n_convs2=4", "--fix", "batch_size=64", "--budget", "100000"]
     victim = sweep_worker(name, storage_url, 3, tmp_path, *same_command)
@@ -56,8 +57,12 @@ def test_killed_worker_trial_is_retried_not_lost(storage_url: str, tmp_path: Pat
     while time.time() < deadline:
         try:
             study = sweep.load_study(name, storage_url)
-            running = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING
-                       and t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]
+            running = [
+                t
+                for t in study.trials
+                if t.state == optuna.trial.TrialState.RUNNING
+                and t.user_attrs.get("worker", "").endswith(f":{victim.pid}")
+            ]
             if running:
                 break
         except sweep.SweepError:
@@ -75,25 +80,38 @@ def test_killed_worker_trial_is_retried_not_lost(storage_url: str, tmp_path: Pat
     study = sweep.load_study(name, storage_url)
     by_number = {t.number: t for t in study.trials}
     assert by_number[killed].state == optuna.trial.TrialState.FAIL
-    retries = [t for t in study.trials
-               if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed]
+    retries = [
+        t
+        for t in study.trials
+        if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed
+    ]
     assert len(retries) == 1 and retries[0].state == optuna.trial.TrialState.COMPLETE
     assert retries[0].params == by_number[killed].params
     assert optuna.trial.TrialState.RUNNING not in [t.state for t in study.trials]
     assert len(finished(study)) == 3
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--study", "x", "--storage", "postgresql+psycopg2://nobody@127.0.0.1:1/none"], "cannot use storage"),
-    (["--study", "x", "--storage", "nosuchdb://here"], "cannot use storage"),
-    (["--study", "x", "--budget", "50"], "no configuration meets the budget"),
-    (["--study", "x", "--fix", "c9=3"], "use NAME=VALUE"),
-    (["--study", "x", "--fix", "c1=999"], "lies in"),
-    (["report", "nope"], "no study 'nope'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--study", "x", "--storage", "postgresql+psycopg2://nobody@127.0.0.1:1/none"],
+            "cannot use storage",
+        ),
+        (["--study", "x", "--storage", "nosuchdb://here"], "cannot use storage"),
+        (["--study", "x", "--budget", "50"], "no configuration meets the budget"),
+        (["--study", "x", "--fix", "c9=3"], "use NAME=VALUE"),
+        (["--study", "x", "--fix", "c1=999"], "lies in"),
+        (["report", "nope"], "no study 'nope'"),
+    ],
+)
 def test_bad_sweep_input_is_one_line(tmp_path: Path, args: list[str], message: str) -> None:
-    r = subprocess.run([sys.executable, "-m", "mnist_ladder", "sweep", *args,
-                        "--db", str(tmp_path / "l.db")], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "mnist_ladder", "sweep", *args, "--db", str(tmp_path / "l.db")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode != 0
     assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -101,4 +119,8 @@ def test_bad_sweep_input_is_one_line(tmp_path: Path, args: list[str], message: s
 
 def test_pareto_front() -> None:
     assert sweep.pareto_front([(5, 90.0), (3, 80.0), (4, 85.0), (6, 89.0), (7, 95.0)]) == [
-        (3, 80.0), (4, 85.0), (5, 90.0), (7, 95.0)]
+        (3, 80.0),
+        (4, 85.0),
+        (5, 90.0),
+        (7, 95.0),
+    ]

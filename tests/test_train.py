@@ -47,8 +47,10 @@ def test_same_seed_same_numbers_other_seed_other_numbers(mnist) -> None:
     recipe = short("step6", 2)
 
     def run(seed: int) -> list[tuple]:
-        return [(r.train_loss, r.test_loss, r.test_acc) for r in
-                T.fit(steps.get("step6"), data, recipe, seed=seed)]
+        return [
+            (r.train_loss, r.test_loss, r.test_acc)
+            for r in T.fit(steps.get("step6"), data, recipe, seed=seed)
+        ]
 
     assert run(3) == run(3)
     assert run(3) != run(4)
@@ -76,8 +78,15 @@ def test_weight_average_is_what_is_evaluated(mnist) -> None:
     state = T.new_state(steps.get("step7"), recipe, data, 1, CPU)
     x, y = data.eval_sets["test"]
     raw: list[float] = []
-    hist = list(T.fit(steps.get("step7"), data, recipe, state=state,
-                      on_epoch=lambda r, st: raw.append(T.test(st.model, x, y)[1])))
+    hist = list(
+        T.fit(
+            steps.get("step7"),
+            data,
+            recipe,
+            state=state,
+            on_epoch=lambda r, st: raw.append(T.test(st.model, x, y)[1]),
+        )
+    )
     assert state.eval_model is state.ema.module
     assert hist[-1].test_acc == pytest.approx(T.test(state.ema.module, x, y)[1])
     assert T.test(state.model, x, y)[1] != hist[-1].test_acc  # the raw weights differ

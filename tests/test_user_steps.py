@@ -23,15 +23,21 @@ SUBSET = ["--train-limit", "3000", "--eval-limit", "1000"]
 
 
 def ladder(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mnist_ladder", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=900,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "mnist_ladder", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def tracked_state() -> tuple[str, str]:
     """The repository's tracked files as git sees them, and the reference store's bytes."""
-    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                            capture_output=True, text=True).stdout
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
+    ).stdout
     return status, hashlib.sha256(reference_db_path().read_bytes()).hexdigest()
 
 
@@ -78,8 +84,7 @@ def test_new_run_compare_report_from_a_fresh_folder(tmp_path: Path) -> None:
 def test_an_edited_step_file_is_another_experiment(tmp_path: Path) -> None:
     r = ladder("new", "mine", "--from", "step1", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    args = ["ladder", "--steps", "steps/mine.py", "--seeds", "1", "--epochs", "1", *SUBSET,
-            "--no-report"]
+    args = ["ladder", "--steps", "steps/mine.py", "--seeds", "1", "--epochs", "1", *SUBSET, "--no-report"]
     first = ladder(*args, cwd=tmp_path)
     assert first.returncode == 0 and ": finished" in first.stdout, first.stderr
     again = ladder(*args, cwd=tmp_path)
@@ -97,17 +102,27 @@ def test_an_edited_step_file_is_another_experiment(tmp_path: Path) -> None:
 BROKEN = {
     "syntax": ("STEP = (\n", "line 1: syntax error"),
     "no_step": ("x = 1\n", "defines no STEP"),
-    "clash": ("import dataclasses\nfrom mnist_ladder import step\n"
-              "STEP = dataclasses.replace(step('step6'), name='step6')\n", "is a built-in step"),
-    "forward": ("from torch import nn\nfrom mnist_ladder import Recipe, Step\n"
-                "STEP = Step('bad', 't', build=lambda: nn.Linear(3, 10), recipe=Recipe())\n",
-                "forward pass fails on a [2, 1, 28, 28] batch"),
-    "shape": ("from torch import nn\nfrom mnist_ladder import Recipe, Step\n"
-              "STEP = Step('bad', 't', build=lambda: nn.Sequential(nn.Flatten(), "
-              "nn.Linear(784, 12)), recipe=Recipe())\n", "returns [2, 12]"),
-    "params": ("import dataclasses\nfrom mnist_ladder import step\n"
-               "STEP = dataclasses.replace(step('step6'), name='mine', params=5000)\n",
-               "pins params=5,000 but its model has 6,720"),
+    "clash": (
+        "import dataclasses\nfrom mnist_ladder import step\n"
+        "STEP = dataclasses.replace(step('step6'), name='step6')\n",
+        "is a built-in step",
+    ),
+    "forward": (
+        "from torch import nn\nfrom mnist_ladder import Recipe, Step\n"
+        "STEP = Step('bad', 't', build=lambda: nn.Linear(3, 10), recipe=Recipe())\n",
+        "forward pass fails on a [2, 1, 28, 28] batch",
+    ),
+    "shape": (
+        "from torch import nn\nfrom mnist_ladder import Recipe, Step\n"
+        "STEP = Step('bad', 't', build=lambda: nn.Sequential(nn.Flatten(), "
+        "nn.Linear(784, 12)), recipe=Recipe())\n",
+        "returns [2, 12]",
+    ),
+    "params": (
+        "import dataclasses\nfrom mnist_ladder import step\n"
+        "STEP = dataclasses.replace(step('step6'), name='mine', params=5000)\n",
+        "pins params=5,000 but its model has 6,720",
+    ),
 }
 
 
@@ -140,9 +155,12 @@ def test_a_store_from_an_older_version_is_read_without_being_changed(tmp_path: P
     db = tmp_path / "old.db"
     con = sqlite3.connect(db)  # the first version's schema: none of the columns added since
     con.executescript(SCHEMA)
-    con.execute("INSERT INTO runs VALUES ('step6-old', 'step6', 1, 'test', ?, 6720, 'c0de', NULL,"
-                " NULL, '2.4', 'cpu', 0, '/nowhere', 'host', 1, '2025-01-01', '2025-01-01',"
-                " 'finished', 10.0, NULL)", (json.dumps(steps.get("step6").recipe.to_dict()),))
+    con.execute(
+        "INSERT INTO runs VALUES ('step6-old', 'step6', 1, 'test', ?, 6720, 'c0de', NULL,"
+        " NULL, '2.4', 'cpu', 0, '/nowhere', 'host', 1, '2025-01-01', '2025-01-01',"
+        " 'finished', 10.0, NULL)",
+        (json.dumps(steps.get("step6").recipe.to_dict()),),
+    )
     con.execute("INSERT INTO epochs (run_id, epoch, test_acc) VALUES ('step6-old', 1, 98.5)")
     con.commit()
     con.close()
@@ -174,7 +192,7 @@ def test_best_names_the_run_it_chose(tmp_path: Path) -> None:
     assert "best: " in r.stderr and "has the highest mean final test accuracy under 8,000" in r.stderr
 
 
-NOTEBOOK = '''
+NOTEBOOK = """
 import mnist_ladder as ml
 from mnist_ladder.models import Conv, Net
 from torch import nn
@@ -194,14 +212,15 @@ result.plot().savefig("curves.png")
 comparison = ml.compare("step2", mine)
 print(comparison.epoch, len(comparison.b_values), comparison.verdict)
 print(result.run_id)
-'''
+"""
 
 
 def test_a_notebook_style_script_using_only_the_documented_api(tmp_path: Path) -> None:
     script = tmp_path / "notebook.py"
     script.write_text(textwrap.dedent(NOTEBOOK))
-    r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
     assert r.returncode == 0, r.stderr
     epoch, seeds, *verdict = r.stdout.splitlines()[-2].split()
     assert (epoch, seeds) == ("2", "1") and "cannot be judged yet" in " ".join(verdict)
@@ -216,7 +235,8 @@ def test_the_builtin_registry_never_sees_user_files(tmp_path: Path, monkeypatch)
     (tmp_path / "steps").mkdir()
     (tmp_path / "steps" / "x.py").write_text(
         "import dataclasses\nfrom mnist_ladder import step\n"
-        "STEP = dataclasses.replace(step('step1'), name='x1')\n")
+        "STEP = dataclasses.replace(step('step1'), name='x1')\n"
+    )
     monkeypatch.chdir(tmp_path)
     merged = catalog.catalog()
     assert "x1" in merged.steps and "x1" not in steps.STEPS

@@ -10,7 +10,6 @@ From Python (a notebook or a script), the same engine as the `ladder` command:
     print(ml.compare("step6", "steps/mystep.py"))   # what a change bought, over seeds
 """
 
-
 from . import steps  # a callable module: ml.steps() lists every step
 from .api import FitResult, compare, fit, step
 from .core.version import __version__
@@ -19,17 +18,17 @@ from .engine.models import Conv, Net, count_parameters
 from .steps import Recipe, Step, Variant
 
 __all__ = [
-           "Augment",
-           "Conv",
-           "FitResult",
-           "Net",
-           "Recipe",
-           "Step",
-           "Variant",
-           "__version__",
-           "compare",
-           "count_parameters",
-           "fit",
-           "step",
-           "steps",
+    "Augment",
+    "Conv",
+    "FitResult",
+    "Net",
+    "Recipe",
+    "Step",
+    "Variant",
+    "__version__",
+    "compare",
+    "count_parameters",
+    "fit",
+    "step",
+    "steps",
 ]

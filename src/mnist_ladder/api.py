@@ -1,10 +1,10 @@
 """The Python API, for notebooks and scripts: the same engine as the `ladder` command.
 
-    import mnist_ladder as ml
-    mine = ml.Step("wider", "step6, wider", build=my_build, recipe=ml.step("step6").recipe)
-    result = ml.fit(mine, seed=1, epochs=2)
-    result.history[-1]["test_acc"], result.plot()
-    print(ml.compare("step6", mine))
+import mnist_ladder as ml
+mine = ml.Step("wider", "step6, wider", build=my_build, recipe=ml.step("step6").recipe)
+result = ml.fit(mine, seed=1, epochs=2)
+result.history[-1]["test_acc"], result.plot()
+print(ml.compare("step6", mine))
 """
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ def _as_step(s: Step | str | Path) -> Step:
     if not isinstance(s, Step):
         return step(s)
     builtin = steps.STEPS.get(s.name.partition(".")[0])
-    if builtin is not None and (s is builtin or (s.parent == builtin.name and s.source is None
-                                and s == builtin.variant(s.name.partition(".")[2]))):
+    if builtin is not None and (
+        s is builtin
+        or (s.parent == builtin.name and s.source is None and s == builtin.variant(s.name.partition(".")[2]))
+    ):
         return s
     if builtin is not None:
         raise StepFileError(f"step name {s.name!r} is a built-in step; give yours another name")
@@ -79,13 +81,20 @@ class FitResult:
     def plot(self):
         """The 2x2 curves (loss and accuracy, train and held-out); returns the figure."""
         import matplotlib.pyplot as plt
+
         held = headline_key(self.protocol).removesuffix("_acc")
         fig, axes = plt.subplots(2, 2, figsize=(10, 7))
         x = [h["epoch"] for h in self.history]
-        for ax, (key, title) in zip(axes.flat, [
-                ("train_loss", "Train loss"), (f"{held}_loss", f"{held.title()} loss"),
-                ("train_acc", "Train accuracy (%)"), (f"{held}_acc", f"{held.title()} accuracy (%)")],
-                strict=True):
+        for ax, (key, title) in zip(
+            axes.flat,
+            [
+                ("train_loss", "Train loss"),
+                (f"{held}_loss", f"{held.title()} loss"),
+                ("train_acc", "Train accuracy (%)"),
+                (f"{held}_acc", f"{held.title()} accuracy (%)"),
+            ],
+            strict=True,
+        ):
             ax.plot(x, [h[key] for h in self.history], marker="o")
             if key.endswith("_acc") and key != "train_acc":
                 ax.axhline(TARGET, color="r", lw=0.8, ls=":")
@@ -97,12 +106,25 @@ class FitResult:
         return fig
 
 
-def fit(step: Step | str | Path, seed: int = 1, epochs: int | None = None, *,
-        device: str = "auto", precision: str = "auto", val: bool = False,
-        val_only: bool = False, batch_size: int | None = None, train_limit: int | None = None,
-        eval_limit: int | None = None, db: Path | str | None = None,
-        out: Path | str = "runs", resume: str | None = None, layout: str = "auto",
-        verbose: bool = True, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+def fit(
+    step: Step | str | Path,
+    seed: int = 1,
+    epochs: int | None = None,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    val: bool = False,
+    val_only: bool = False,
+    batch_size: int | None = None,
+    train_limit: int | None = None,
+    eval_limit: int | None = None,
+    db: Path | str | None = None,
+    out: Path | str = "runs",
+    resume: str | None = None,
+    layout: str = "auto",
+    verbose: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> FitResult:
     """Train a step (a `Step`, a name or a step file) and record it in your store (default
     runs/ladder.db). `train_limit`/`eval_limit` train and evaluate on the first N images, for
     quick looks; `resume` continues an interrupted run of this same step; `on_epoch` is called
@@ -117,11 +139,25 @@ def fit(step: Step | str | Path, seed: int = 1, epochs: int | None = None, *,
             if spec.step != s.name:
                 raise RunError(f"run {prior.id} is a run of {spec.step}, not of {s.name}")
         else:
-            spec = make_spec(s, seed, epochs=epochs, batch_size=batch_size, val=val or val_only,
-                             train_limit=train_limit, eval_limit=eval_limit, test=not val_only)
-        row = run(spec, store, options, resume=prior, step=s,
-                  log=print if verbose else (lambda _: None),
-                  on_result=on_epoch and (lambda r: on_epoch(dataclasses.asdict(r))))
+            spec = make_spec(
+                s,
+                seed,
+                epochs=epochs,
+                batch_size=batch_size,
+                val=val or val_only,
+                train_limit=train_limit,
+                eval_limit=eval_limit,
+                test=not val_only,
+            )
+        row = run(
+            spec,
+            store,
+            options,
+            resume=prior,
+            step=s,
+            log=print if verbose else (lambda _: None),
+            on_result=on_epoch and (lambda r: on_epoch(dataclasses.asdict(r))),
+        )
         history = [{k: v for k, v in e.items() if k != "run_id"} for e in store.epochs(row.id)]
     model = s.build()
     weights = torch.load(Path(row.run_dir) / "model.pt", map_location="cpu", weights_only=True)
@@ -129,8 +165,13 @@ def fit(step: Step | str | Path, seed: int = 1, epochs: int | None = None, *,
     return FitResult(s, row.id, row.protocol, history, model.eval(), db)
 
 
-def compare(a: Step | str | Path, b: Step | str | Path, *, db: Path | str | None = None,
-            steps_dir: Path | str | None = None) -> _compare.Comparison:
+def compare(
+    a: Step | str | Path,
+    b: Step | str | Path,
+    *,
+    db: Path | str | None = None,
+    steps_dir: Path | str | None = None,
+) -> _compare.Comparison:
     """What B bought over A, over seeds: from your store and the reference results together.
     `print()` it for the table; its fields hold the numbers."""
     ladder = catalog(steps_dir)
@@ -140,7 +181,8 @@ def compare(a: Step | str | Path, b: Step | str | Path, *, db: Path | str | None
             s = _as_step(x) if isinstance(x, Step) else ladder.get(str(x))
             found = main_set(run_sets(stores, s))
             if found is None:
-                raise _compare.CompareError(f"{s.name} has no finished runs in your store or the "
-                                            "reference results; fit it first")
+                raise _compare.CompareError(
+                    f"{s.name} has no finished runs in your store or the reference results; fit it first"
+                )
             sides.append(found.side())
         return _compare.compare(*sides)

@@ -37,6 +37,7 @@ class Parser(argparse.ArgumentParser):
 
 def layout_choices() -> tuple[str, ...]:
     from ..engine.layouts import CHOICES
+
     return CHOICES
 
 
@@ -100,13 +101,17 @@ def open_stores(a: argparse.Namespace) -> Stores:
     paths = read_dbs(a)
     stores = Stores(paths)
     if not stores.stores:
-        raise StoreError("no results store at " + " or ".join(str(p) for p in paths)
-                         + " (run a step first: `ladder run step6`)")
+        raise StoreError(
+            "no results store at "
+            + " or ".join(str(p) for p in paths)
+            + " (run a step first: `ladder run step6`)"
+        )
     return stores
 
 
 def study_name(text: str) -> str:
     from ..runs.sweep import check_study_name
+
     try:
         return check_study_name(text)
     except SweepError as e:
@@ -139,8 +144,7 @@ def cmd_list(a: argparse.Namespace) -> int:
         print(f"{s.name:<{width}}  {s.params:>10,}  {s.title}{mine}")
         if a.all:
             for v in s.tried:
-                print(f"{'':<{width}}    .{v.name} ({ladder.get(f'{s.name}.{v.name}').params:,}): "
-                      f"{v.change}")
+                print(f"{'':<{width}}    .{v.name} ({ladder.get(f'{s.name}.{v.name}').params:,}): {v.change}")
     if not a.all and any(s.tried for s in ladder):
         print(f"({sum(len(s.tried) for s in ladder)} variants tried on the way: `ladder list --all`)")
     return 0
@@ -154,14 +158,21 @@ def cmd_summary(a: argparse.Namespace) -> int:
 
 
 def run_options(a: argparse.Namespace) -> RunOptions:
-    return RunOptions.pick(a.device, a.precision, layout=a.layout, out_dir=str(a.out),
-                           threads=a.threads, data_dir=a.data_dir and str(a.data_dir),
-                           idx_dir=a.idx_dir and str(a.idx_dir))
+    return RunOptions.pick(
+        a.device,
+        a.precision,
+        layout=a.layout,
+        out_dir=str(a.out),
+        threads=a.threads,
+        data_dir=a.data_dir and str(a.data_dir),
+        idx_dir=a.idx_dir and str(a.idx_dir),
+    )
 
 
 def cmd_run(a: argparse.Namespace) -> int:
     from ..runs.experiment import Spec, resolve_step, resume_target, run
     from ..runs.results import headline_key, reference_set, verdict_line
+
     options = run_options(a)
     device, amp = torch.device(options.device), options.amp
     if a.threads:
@@ -175,30 +186,42 @@ def cmd_run(a: argparse.Namespace) -> int:
             step = resolve_step(spec)
         elif a.from_trial:
             from ..runs import sweep
+
             name, number = a.from_trial
             arch, recipe, _ = sweep.trial_config(name, number, study_storages(a))
-            recipe = dataclasses.replace(recipe, epochs=a.epochs or recipe.epochs,
-                                         batch_size=a.batch_size or recipe.batch_size)
-            spec = Spec(f"trial-{name}-{number}", a.seed, recipe, a.val, a.train_limit,
-                        a.eval_limit, arch)
+            recipe = dataclasses.replace(
+                recipe, epochs=a.epochs or recipe.epochs, batch_size=a.batch_size or recipe.batch_size
+            )
+            spec = Spec(f"trial-{name}-{number}", a.seed, recipe, a.val, a.train_limit, a.eval_limit, arch)
             step = resolve_step(spec)
         else:
             step = named
-            spec = make_spec(step, a.seed, epochs=a.epochs, batch_size=a.batch_size,
-                             val=a.val or a.val_only, train_limit=a.train_limit,
-                             eval_limit=a.eval_limit, test=not a.val_only)
+            spec = make_spec(
+                step,
+                a.seed,
+                epochs=a.epochs,
+                batch_size=a.batch_size,
+                val=a.val or a.val_only,
+                train_limit=a.train_limit,
+                eval_limit=a.eval_limit,
+                test=not a.val_only,
+            )
         model = step.build()
-        print(f"{step.name}: {step.title}  ({count_parameters(model):,} parameters, "
-              f"device {device}, {'bf16 autocast' if amp else 'fp32'}"
-              + (f", CPU threads: {torch.get_num_threads()})" if device.type == "cpu" else ")")
-              + f"; results go to {store.path}")
+        print(
+            f"{step.name}: {step.title}  ({count_parameters(model):,} parameters, "
+            f"device {device}, {'bf16 autocast' if amp else 'fp32'}"
+            + (f", CPU threads: {torch.get_num_threads()})" if device.type == "cpu" else ")")
+            + f"; results go to {store.path}"
+        )
         print(summary_table(model))
         row = run(spec, store, options, resume=resume, step=step)
         hist = store.epochs(row.id)
     key = headline_key(row.protocol)
     best = max(h[key] for h in hist)
-    print(f"run {row.id}: best {key[:-4]} {best:.2f}%, final {hist[-1][key]:.2f}%, "
-          f"{row.wall_seconds:.0f}s -> {row.run_dir}")
+    print(
+        f"run {row.id}: best {key[:-4]} {best:.2f}%, final {hist[-1][key]:.2f}%, "
+        f"{row.wall_seconds:.0f}s -> {row.run_dir}"
+    )
     reference = None
     if reference_db_path().is_file():  # this step's reference runs, else those of its base
         with Store(reference_db_path(), create=False) as ref:
@@ -235,6 +258,7 @@ def cmd_ladder(a: argparse.Namespace) -> int:
     from multiprocessing import get_context
 
     from ..runs.experiment import Task, made_by_other_code, run_task
+
     options = run_options(a)
     device = torch.device(options.device)
     ladder = ladder_of(a)
@@ -244,19 +268,33 @@ def cmd_ladder(a: argparse.Namespace) -> int:
     Store(db).close()
     threads = a.threads or (max(1, (os.cpu_count() or 1) // a.jobs) if device.type == "cpu" else 1)
     options = dataclasses.replace(options, threads=threads)
-    tasks = [Task(make_spec(step, seed, val=a.val or a.val_only, epochs=a.epochs,
-                            train_limit=a.train_limit, eval_limit=a.eval_limit,
-                            test=not a.val_only), db, options)
-             for seed in a.seeds for step in chosen]
+    tasks = [
+        Task(
+            make_spec(
+                step,
+                seed,
+                val=a.val or a.val_only,
+                epochs=a.epochs,
+                train_limit=a.train_limit,
+                eval_limit=a.eval_limit,
+                test=not a.val_only,
+            ),
+            db,
+            options,
+        )
+        for seed in a.seeds
+        for step in chosen
+    ]
     a.steps = [s.name for s in chosen]
     print(f"{len(tasks)} runs: steps {', '.join(a.steps)} x seeds {a.seeds}; {a.jobs} job(s)")
     with Store(db) as store:
         rerun = [(t, row) for t in tasks if (row := made_by_other_code(t, store))]
     if rerun:  # said up front: a changed source file (any) re-runs them, which can take hours
-        print(f"{len(rerun)} of them finished before with other code (their training identity "
-              "differs: the engine, the step's network or recipe, the precision or torch), and "
-              "run again: "
-              + ", ".join(f"{t.spec.step} seed {t.spec.seed} ({row.id})" for t, row in rerun))
+        print(
+            f"{len(rerun)} of them finished before with other code (their training identity "
+            "differs: the engine, the step's network or recipe, the precision or torch), and "
+            "run again: " + ", ".join(f"{t.spec.step} seed {t.spec.seed} ({row.id})" for t, row in rerun)
+        )
     if a.jobs == 1:
         for t in tasks:
             run_id, what = run_task(t)
@@ -274,6 +312,7 @@ def cmd_ladder(a: argparse.Namespace) -> int:
 
 def cmd_report(a: argparse.Namespace) -> int:
     from ..views.report import write_report
+
     dbs = read_dbs(a)
     if a.report_path:
         out = a.report_path
@@ -288,15 +327,18 @@ def cmd_report(a: argparse.Namespace) -> int:
         print(f"ladder: MNIST unavailable, figures of models skipped ({e})", file=sys.stderr)
         test = None
     out, skipped = write_report(dbs, out, test, ladder_of(a))
-    print(f"wrote {out} and {out.parent / 'report'}/ from "
-          + " + ".join(str(p) for p in dbs if p.is_file())
-          + (f" ({len(skipped)} item(s) skipped, listed at its end)" if skipped else ""))
+    print(
+        f"wrote {out} and {out.parent / 'report'}/ from "
+        + " + ".join(str(p) for p in dbs if p.is_file())
+        + (f" ({len(skipped)} item(s) skipped, listed at its end)" if skipped else "")
+    )
     return 0
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
 
     from .predict import expand, load_model, predict_files, resolve_run, save_seen, writable_folder
+
     if a.show:
         writable_folder(a.show)
     with open_stores(a) as stores:
@@ -304,8 +346,17 @@ def cmd_predict(a: argparse.Namespace) -> int:
     files, notes = expand(a.images)
     preds, problems = predict_files(model, files)
     if a.json:
-        print(json.dumps({"model": step_name, "predictions": [p.to_dict() for p in preds],
-                          "skipped": notes, "errors": problems}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "model": step_name,
+                    "predictions": [p.to_dict() for p in preds],
+                    "skipped": notes,
+                    "errors": problems,
+                },
+                indent=1,
+            )
+        )
     else:
         for p in preds:
             probs = " ".join(f"{d}:{q:.3f}" for d, q in enumerate(p.probabilities))
@@ -326,6 +377,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from .export import export
     from .predict import load_model, resolve_run
+
     with open_stores(a) as stores:
         weights = resolve_run(a.run, stores, say=_say)
     model, step_name = load_model(weights)
@@ -340,6 +392,7 @@ def study_storages(a: argparse.Namespace) -> list[str]:
     """Where to look for an existing study: --storage alone if given, else the user's own
     sweeps.db (beside the results store), then the project's reference studies."""
     from ..runs import sweep
+
     if a.storage:
         return [a.storage]
     return [sweep.default_storage(Path(a.db or default_db_path())), sweep.reference_storage()]
@@ -347,6 +400,7 @@ def study_storages(a: argparse.Namespace) -> list[str]:
 
 def cmd_sweep(a: argparse.Namespace) -> int:
     from ..runs import sweep
+
     url = a.storage or sweep.default_storage(write_db(a))
     if a.what:
         if a.what[0] != "report" or len(a.what) != 2:
@@ -361,17 +415,32 @@ def cmd_sweep(a: argparse.Namespace) -> int:
         torch.set_num_threads(a.threads)
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    cfg = sweep.SweepConfig(a.study, url, a.trials, a.epochs, a.budget, a.multi_objective,
-                            sweep.parse_fixed(a.fix), a.train_limit, a.eval_limit,
-                            heartbeat=a.heartbeat)
+    cfg = sweep.SweepConfig(
+        a.study,
+        url,
+        a.trials,
+        a.epochs,
+        a.budget,
+        a.multi_objective,
+        sweep.parse_fixed(a.fix),
+        a.train_limit,
+        a.eval_limit,
+        heartbeat=a.heartbeat,
+    )
     options = RunOptions.pick(a.device, a.precision)
-    study = sweep.run_sweep(cfg, lambda: data.load(a.data_dir, a.idx_dir),
-                            torch.device(options.device), options.amp)
+    study = sweep.run_sweep(
+        cfg, lambda: data.load(a.data_dir, a.idx_dir), torch.device(options.device), options.amp
+    )
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
-    print(f"study {a.study}: {len(study.trials)} trials, {len(done)} complete"
-          + (f"; best value {study.best_value:.2f}% (trial {study.best_trial.number}, "
-             f"{study.best_trial.user_attrs['params']:,} params)"
-             if done and not a.multi_objective else ""))
+    print(
+        f"study {a.study}: {len(study.trials)} trials, {len(done)} complete"
+        + (
+            f"; best value {study.best_value:.2f}% (trial {study.best_trial.number}, "
+            f"{study.best_trial.user_attrs['params']:,} params)"
+            if done and not a.multi_objective
+            else ""
+        )
+    )
     return 0
 
 
@@ -383,27 +452,34 @@ def cmd_runs(a: argparse.Namespace) -> int:
     db = reference_db_path() if a.reference else write_db(a)
     if not db.is_file():
         ref = reference_db_path()
-        hint = (f" ({len(Store(ref, create=False).runs())} reference runs: `ladder runs "
-                "--reference`)") if ref.is_file() and not a.reference else ""
+        hint = (
+            (f" ({len(Store(ref, create=False).runs())} reference runs: `ladder runs --reference`)")
+            if ref.is_file() and not a.reference
+            else ""
+        )
         print(f"no runs in {db} yet{hint}")
         return 0
     with Store(db, create=False) as store:
         rows = sorted(store.runs(a.step), key=lambda r: (r.started, r.id), reverse=True)
         total = len(rows)
-        rows = rows[:a.limit] if a.limit else rows
+        rows = rows[: a.limit] if a.limit else rows
         if not rows:
             print(f"no runs{f' of {a.step}' if a.step else ''} in {db}")
             return 0
         width = max(len(r.id) for r in rows)
-        print(f"{'run':<{width}}  {'started (UTC)':<19}  {'status':<11}  {'protocol':<22}  "
-              f"{'epochs':>6}  {'final':>11}  {'parameters':>10}")
+        print(
+            f"{'run':<{width}}  {'started (UTC)':<19}  {'status':<11}  {'protocol':<22}  "
+            f"{'epochs':>6}  {'final':>11}  {'parameters':>10}"
+        )
         for r in rows:
             hist = store.epochs(r.id)
             key = "val_acc" if r.protocol.startswith("val-only") else "test_acc"
             final = f"{key[:-4]} {hist[-1][key]:.2f}" if hist and hist[-1][key] is not None else "-"
-            print(f"{r.id:<{width}}  {r.started[:19].replace('T', ' '):<19}  "
-                  f"{r.effective_status:<11}  {r.protocol:<22}  "
-                  f"{len(hist):>3}/{r.recipe['epochs']:<2}  {final:>11}  {r.params:>10,}")
+            print(
+                f"{r.id:<{width}}  {r.started[:19].replace('T', ' '):<19}  "
+                f"{r.effective_status:<11}  {r.protocol:<22}  "
+                f"{len(hist):>3}/{r.recipe['epochs']:<2}  {final:>11}  {r.params:>10,}"
+            )
         if len(rows) < total:
             print(f"({total - len(rows)} older run(s) not shown: --limit)")
     return 0
@@ -414,18 +490,25 @@ def cmd_show(a: argparse.Namespace) -> int:
     from ..runs.experiment import epoch_line
     from ..steps import Recipe
     from .predict import writable_folder
+
     if a.figures:
         writable_folder(a.figures)  # checked before any work
     with open_stores(a) as stores:
         r = stores.run(a.run)
-        print(f"run {r.id}  step {r.step}  seed {r.seed}  protocol {r.protocol}  "
-              f"status {r.effective_status}  (in {stores.origin(r.id)})")
-        print(f"params {r.params:,}  device {r.device}  amp {bool(r.amp)}  torch {r.torch_version}"
-              f"  code {r.code_hash}  git {r.git_commit or '-'}{' (dirty)' if r.git_dirty else ''}")
+        print(
+            f"run {r.id}  step {r.step}  seed {r.seed}  protocol {r.protocol}  "
+            f"status {r.effective_status}  (in {stores.origin(r.id)})"
+        )
+        print(
+            f"params {r.params:,}  device {r.device}  amp {bool(r.amp)}  torch {r.torch_version}"
+            f"  code {r.code_hash}  git {r.git_commit or '-'}{' (dirty)' if r.git_dirty else ''}"
+        )
         if r.source_file:
             print(f"step file {r.source_file}  source hash {r.source_hash}")
-        print(f"started {r.started}  finished {r.finished or '-'}  wall "
-              f"{r.wall_seconds or 0:.0f}s  folder {r.run_dir}")
+        print(
+            f"started {r.started}  finished {r.finished or '-'}  wall "
+            f"{r.wall_seconds or 0:.0f}s  folder {r.run_dir}"
+        )
         print("recipe:")
         recipe = Recipe.from_dict(r.recipe)
         for f in dataclasses.fields(recipe):
@@ -447,16 +530,19 @@ def show_figures(a: argparse.Namespace, run: str, stores: Stores) -> None:
     from ..engine.train import normalize, predict, to_unit
     from ..views import insight
     from .predict import load_model, resolve_run
+
     model, _ = load_model(resolve_run(run, stores))
     mnist = data.load(a.data_dir, a.idx_dir)
     pred = predict(model, normalize(to_unit(mnist.test_images))).argmax(1)
-    for name, path in insight.write_figures(model, mnist.test_images, mnist.test_labels, pred,
-                                            a.figures).items():
+    for name, path in insight.write_figures(
+        model, mnist.test_images, mnist.test_labels, pred, a.figures
+    ).items():
         print(f"{name}: {path}")
 
 
 def cmd_new(a: argparse.Namespace) -> int:
     from .starter import starter_file
+
     ladder = ladder_of(a)
     parent = ladder.get(a.from_step)
     if a.name in ladder.steps:
@@ -469,12 +555,15 @@ def cmd_new(a: argparse.Namespace) -> int:
     out.write_text(text)
     try:
         from ..runs.catalog import load_file
+
         load_file(out)
     except StepFileError:
         out.unlink()
         raise
-    print(f"wrote {out}: {a.name}, a copy of {parent.name} to edit. Then: "
-          f"`ladder run {out} --seed 1`, and `ladder compare {parent.name} {a.name}`")
+    print(
+        f"wrote {out}: {a.name}, a copy of {parent.name} to edit. Then: "
+        f"`ladder run {out} --seed 1`, and `ladder compare {parent.name} {a.name}`"
+    )
     return 0
 
 
@@ -482,6 +571,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
     from ..runs.results import main_set, run_sets
     from ..views import comparison
+
     ladder = ladder_of(a)
     with open_stores(a) as stores:
         sides = []
@@ -489,17 +579,25 @@ def cmd_compare(a: argparse.Namespace) -> int:
             if not looks_like_step(name, ladder):
                 row = stores.run(name)  # a run id: one seed
                 step = ladder.get(row.step) if looks_like_step(row.step, ladder) else None
-                sides.append(comparison.Side(
-                    name, row.params, steps.Recipe.from_dict(row.recipe), row.protocol,
-                    {row.seed: stores.epochs(row.id)}, step.build() if step else None))
+                sides.append(
+                    comparison.Side(
+                        name,
+                        row.params,
+                        steps.Recipe.from_dict(row.recipe),
+                        row.protocol,
+                        {row.seed: stores.epochs(row.id)},
+                        step.build() if step else None,
+                    )
+                )
                 continue
             step = ladder.get(name)
             found = main_set(run_sets(stores, step))
             if found is None:
                 raise CompareError(
-                    f"{step.name} has no finished runs in " + " or ".join(
-                        str(s.path) for s in stores.stores)
-                    + f"; start some: `ladder ladder --steps {name} --seeds 3`")
+                    f"{step.name} has no finished runs in "
+                    + " or ".join(str(s.path) for s in stores.stores)
+                    + f"; start some: `ladder ladder --steps {name} --seeds 3`"
+                )
             sides.append(found.side(name))
         c = comparison.compare(*sides)
     if a.json:
@@ -514,8 +612,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 def looks_like_step(name: str, ladder: Catalog) -> bool:
     from ..runs.catalog import looks_like_path
-    return looks_like_path(name) or name.partition(".")[0] in ladder.steps
 
+    return looks_like_path(name) or name.partition(".")[0] in ladder.steps
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
@@ -524,13 +622,18 @@ def cmd_serve(a: argparse.Namespace) -> int:
     try:
         from . import serve
     except ImportError as e:
-        print(f"ladder: error: `ladder serve` needs the serve extra: pip install 'mnist-ladder[serve]' ({e})",
-              file=sys.stderr)
+        print(
+            f"ladder: error: `ladder serve` needs the serve extra: pip install 'mnist-ladder[serve]' ({e})",
+            file=sys.stderr,
+        )
         return 2
     stores = read_dbs(a)
     if not serve.list_models(stores):
-        print(f"ladder: error: no finished run with weights in {' or '.join(map(str, stores))}; "
-              "train one with `ladder run step6`", file=sys.stderr)
+        print(
+            f"ladder: error: no finished run with weights in {' or '.join(map(str, stores))}; "
+            "train one with `ladder run step6`",
+            file=sys.stderr,
+        )
         return 2
     try:
         sock = serve.bind(a.host, a.port)
@@ -552,39 +655,68 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 def build_parser() -> Parser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", type=Path, default=None,
-                        help=f"your results store (default {default_db_path()}, or "
-                             "$MNIST_LADDER_DB); read together with the reference results")
-    common.add_argument("--reference", action="store_true",
-                        help=f"the project's reference results ({reference_db_path()}; "
-                             "$MNIST_LADDER_REFERENCE for another folder) instead of yours: "
-                             "`run`/`ladder` write there, `report` rewrites the committed REPORT.md")
-    common.add_argument("--reference-dir", type=Path, default=None,
-                        help="the folder holding the reference results (ladder.db), when not "
-                             "the checkout's results/ (or $MNIST_LADDER_REFERENCE)")
-    common.add_argument("--steps-dir", type=Path, default=None,
-                        help="a folder of your own step files (default: $MNIST_LADDER_STEPS, "
-                             "else ./steps when it exists)")
-    common.add_argument("--data-dir", type=Path, default=None,
-                        help="MNIST cache folder (default: user cache, or $MNIST_LADDER_DATA)")
-    common.add_argument("--idx-dir", type=Path, default=None,
-                        help="a folder of MNIST IDX files to use (or $MNIST_LADDER_IDX)")
+    common.add_argument(
+        "--db",
+        type=Path,
+        default=None,
+        help=f"your results store (default {default_db_path()}, or "
+        "$MNIST_LADDER_DB); read together with the reference results",
+    )
+    common.add_argument(
+        "--reference",
+        action="store_true",
+        help=f"the project's reference results ({reference_db_path()}; "
+        "$MNIST_LADDER_REFERENCE for another folder) instead of yours: "
+        "`run`/`ladder` write there, `report` rewrites the committed REPORT.md",
+    )
+    common.add_argument(
+        "--reference-dir",
+        type=Path,
+        default=None,
+        help="the folder holding the reference results (ladder.db), when not "
+        "the checkout's results/ (or $MNIST_LADDER_REFERENCE)",
+    )
+    common.add_argument(
+        "--steps-dir",
+        type=Path,
+        default=None,
+        help="a folder of your own step files (default: $MNIST_LADDER_STEPS, else ./steps when it exists)",
+    )
+    common.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="MNIST cache folder (default: user cache, or $MNIST_LADDER_DATA)",
+    )
+    common.add_argument(
+        "--idx-dir", type=Path, default=None, help="a folder of MNIST IDX files to use (or $MNIST_LADDER_IDX)"
+    )
     train_opts = argparse.ArgumentParser(add_help=False)
     train_opts.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    train_opts.add_argument("--precision", default="auto",
-                            help="auto | bf16 | off (auto: bf16 where the hardware has it)")
+    train_opts.add_argument(
+        "--precision", default="auto", help="auto | bf16 | off (auto: bf16 where the hardware has it)"
+    )
     train_opts.add_argument("--out", type=Path, default=Path("runs"), help="run folders go here")
-    train_opts.add_argument("--layout", default="auto", choices=layout_choices(),
-                            help="memory layout to train in; auto: the fastest, measured once "
-                                 "per step, CPU and precision (cached in the user cache)")
-    train_opts.add_argument("--threads", type=thread_count,
-                            help="CPU threads (ladder: per job; default: the CPU's threads, "
-                                 "shared among the jobs)")
-    train_opts.add_argument("--val", action="store_true",
-                            help="validation protocol: train on 50,000, select on the last 10,000")
-    train_opts.add_argument("--val-only", action="store_true",
-                            help="validation protocol without ever evaluating the test set "
-                                 "(design and tuning)")
+    train_opts.add_argument(
+        "--layout",
+        default="auto",
+        choices=layout_choices(),
+        help="memory layout to train in; auto: the fastest, measured once "
+        "per step, CPU and precision (cached in the user cache)",
+    )
+    train_opts.add_argument(
+        "--threads",
+        type=thread_count,
+        help="CPU threads (ladder: per job; default: the CPU's threads, shared among the jobs)",
+    )
+    train_opts.add_argument(
+        "--val", action="store_true", help="validation protocol: train on 50,000, select on the last 10,000"
+    )
+    train_opts.add_argument(
+        "--val-only",
+        action="store_true",
+        help="validation protocol without ever evaluating the test set (design and tuning)",
+    )
 
     p = Parser(prog="ladder", description="Climb the MNIST ladder: tiny CNNs, step by step.")
     p.add_argument("--version", action="version", version=f"mnist-ladder {__version__}")
@@ -599,12 +731,18 @@ def build_parser() -> Parser:
     s.set_defaults(func=cmd_summary)
     s = sub.add_parser("new", parents=[common], help="write a starter step file to edit")
     s.add_argument("name", help="the new step's name (letters, digits, - and _)")
-    s.add_argument("--from", dest="from_step", default="step6", metavar="STEP",
-                   help="the step to start from: its model and recipe are spelled out")
+    s.add_argument(
+        "--from",
+        dest="from_step",
+        default="step6",
+        metavar="STEP",
+        help="the step to start from: its model and recipe are spelled out",
+    )
     s.add_argument("--out", type=Path, help="the file to write (default: STEPS_DIR/NAME.py)")
     s.set_defaults(func=cmd_new)
-    s = sub.add_parser("compare", parents=[common],
-                       help="what a change bought: two steps (or runs) over seeds")
+    s = sub.add_parser(
+        "compare", parents=[common], help="what a change bought: two steps (or runs) over seeds"
+    )
     s.add_argument("a", help="a step, STEP.VARIANT, step file or run id (the baseline)")
     s.add_argument("b", help="the same, for the change")
     s.add_argument("--json", action="store_true", help="machine-readable output")
@@ -616,67 +754,126 @@ def build_parser() -> Parser:
     s.add_argument("--seed", type=seed_int, default=1)
     s.add_argument("--batch-size", type=positive_int)
     s.add_argument("--resume", metavar="RUN", help="continue an interrupted run (its id or folder)")
-    s.add_argument("--from-trial", metavar="STUDY:N", type=trial_ref,
-                   help="re-train a sweep trial's configuration (15 epochs, test protocol)")
-    s.add_argument("--storage", help="the sweep storage URL, for --from-trial (default: sweeps.db "
-                   "beside the results store, then the reference results)")
-    s.add_argument("--train-limit", type=positive_int, metavar="N",
-                   help="train on the first N images only (quick checks)")
-    s.add_argument("--eval-limit", type=positive_int, metavar="N",
-                   help="evaluate on the first N images only (quick checks)")
+    s.add_argument(
+        "--from-trial",
+        metavar="STUDY:N",
+        type=trial_ref,
+        help="re-train a sweep trial's configuration (15 epochs, test protocol)",
+    )
+    s.add_argument(
+        "--storage",
+        help="the sweep storage URL, for --from-trial (default: sweeps.db "
+        "beside the results store, then the reference results)",
+    )
+    s.add_argument(
+        "--train-limit",
+        type=positive_int,
+        metavar="N",
+        help="train on the first N images only (quick checks)",
+    )
+    s.add_argument(
+        "--eval-limit",
+        type=positive_int,
+        metavar="N",
+        help="evaluate on the first N images only (quick checks)",
+    )
     s.set_defaults(func=cmd_run)
     report_opts = argparse.ArgumentParser(add_help=False)
-    report_opts.add_argument("--report-path", type=Path, default=None,
-                             help="where REPORT.md goes (default: beside your store, or the "
-                                  "checkout's with --reference); figures go beside it in report/")
-    s = sub.add_parser("ladder", parents=[common, train_opts, report_opts],
-                       help="run steps x seeds (skipping finished runs), then write the report")
-    s.add_argument("--steps", type=parse_steps, default=None,
-                   help="comma-separated steps or step files (default: all, yours included)")
-    s.add_argument("--seeds", type=parse_seeds, default=[1, 2, 3],
-                   help="a count (5 = seeds 1..5) or a list (1,2,3); default 3")
-    s.add_argument("--jobs", type=positive_int, default=1,
-                   help="parallel processes, each with its share of the CPU threads")
+    report_opts.add_argument(
+        "--report-path",
+        type=Path,
+        default=None,
+        help="where REPORT.md goes (default: beside your store, or the "
+        "checkout's with --reference); figures go beside it in report/",
+    )
+    s = sub.add_parser(
+        "ladder",
+        parents=[common, train_opts, report_opts],
+        help="run steps x seeds (skipping finished runs), then write the report",
+    )
+    s.add_argument(
+        "--steps",
+        type=parse_steps,
+        default=None,
+        help="comma-separated steps or step files (default: all, yours included)",
+    )
+    s.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        default=[1, 2, 3],
+        help="a count (5 = seeds 1..5) or a list (1,2,3); default 3",
+    )
+    s.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="parallel processes, each with its share of the CPU threads",
+    )
     s.add_argument("--no-report", dest="report", action="store_false")
-    s.add_argument("--epochs", type=positive_int,
-                   help="override every step's epochs (quick checks; the report keeps to the "
-                        "steps' own recipes)")
+    s.add_argument(
+        "--epochs",
+        type=positive_int,
+        help="override every step's epochs (quick checks; the report keeps to the steps' own recipes)",
+    )
     s.add_argument("--train-limit", type=positive_int, metavar="N", help="quick checks only")
     s.add_argument("--eval-limit", type=positive_int, metavar="N", help="quick checks only")
     s.set_defaults(func=cmd_ladder)
-    s = sub.add_parser("report", parents=[common, report_opts],
-                       help="write REPORT.md and report/*.png from the results store")
+    s = sub.add_parser(
+        "report",
+        parents=[common, report_opts],
+        help="write REPORT.md and report/*.png from the results store",
+    )
     s.set_defaults(func=cmd_report)
     s = sub.add_parser("predict", parents=[common], help="predict digits in your own images")
     s.add_argument("run", help="a run id, a run folder, a model.pt, or 'best'")
     s.add_argument("images", type=Path, nargs="+", help="image files or folders")
     s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.add_argument("--show", type=Path, metavar="DIR",
-                   help="write the 28x28 image the model saw, per input, into DIR")
+    s.add_argument(
+        "--show", type=Path, metavar="DIR", help="write the 28x28 image the model saw, per input, into DIR"
+    )
     s.set_defaults(func=cmd_predict)
     s = sub.add_parser("export", parents=[common], help="export a trained model")
     s.add_argument("run", help="a run id, a run folder, a model.pt, or 'best'")
     s.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     s.add_argument("--out", type=Path, help="output file (default: beside the weights)")
     s.set_defaults(func=cmd_export)
-    s = sub.add_parser("sweep", parents=[common, train_opts],
-                       help="Optuna search under a parameter budget; `sweep report NAME`")
-    s.add_argument("what", nargs="*", help="`report NAME`: the study's page and Pareto plot, "
-                   "written into --out (default runs/)")
-    s.add_argument("--study", type=study_name,
-                   help="study name (workers with the same name share it)")
+    s = sub.add_parser(
+        "sweep",
+        parents=[common, train_opts],
+        help="Optuna search under a parameter budget; `sweep report NAME`",
+    )
+    s.add_argument(
+        "what",
+        nargs="*",
+        help="`report NAME`: the study's page and Pareto plot, written into --out (default runs/)",
+    )
+    s.add_argument("--study", type=study_name, help="study name (workers with the same name share it)")
     s.add_argument("--trials", type=positive_int, default=30, help="finished trials to reach")
     s.add_argument("--epochs", type=positive_int, default=3, help="epochs per trial")
     s.add_argument("--budget", type=positive_int, default=8000, help="maximum parameters")
-    s.add_argument("--storage", help="Optuna storage URL (default: sweeps.db beside the results "
-                   "store; reports also look in the reference results; "
-                   "postgresql://user:pass@host/db to share across machines)")
-    s.add_argument("--multi-objective", action="store_true",
-                   help="search parameters vs accuracy; keep the Pareto front")
-    s.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
-                   help="pin a search-space parameter (repeatable)")
-    s.add_argument("--heartbeat", type=positive_int, default=10, metavar="S",
-                   help="seconds between worker heartbeats; a trial silent for 3 is retried")
+    s.add_argument(
+        "--storage",
+        help="Optuna storage URL (default: sweeps.db beside the results "
+        "store; reports also look in the reference results; "
+        "postgresql://user:pass@host/db to share across machines)",
+    )
+    s.add_argument(
+        "--multi-objective", action="store_true", help="search parameters vs accuracy; keep the Pareto front"
+    )
+    s.add_argument(
+        "--fix",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="pin a search-space parameter (repeatable)",
+    )
+    s.add_argument(
+        "--heartbeat",
+        type=positive_int,
+        default=10,
+        metavar="S",
+        help="seconds between worker heartbeats; a trial silent for 3 is retried",
+    )
     s.add_argument("--train-limit", type=positive_int, metavar="N")
     s.add_argument("--eval-limit", type=positive_int, metavar="N")
     s.set_defaults(func=cmd_sweep)
@@ -686,14 +883,20 @@ def build_parser() -> Parser:
     s.set_defaults(func=cmd_runs)
     s = sub.add_parser("show", parents=[common], help="one run, epoch by epoch")
     s.add_argument("run")
-    s.add_argument("--figures", type=Path, metavar="DIR",
-                   help="also write what its final model sees into DIR: kernels.png, "
-                        "feature-maps.png, saliency.png, receptive-field.png")
+    s.add_argument(
+        "--figures",
+        type=Path,
+        metavar="DIR",
+        help="also write what its final model sees into DIR: kernels.png, "
+        "feature-maps.png, saliency.png, receptive-field.png",
+    )
     s.set_defaults(func=cmd_show)
-    s = sub.add_parser("serve", parents=[common],
-                       help="a local web page: draw a digit, see each step's answer")
-    s.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only)")
+    s = sub.add_parser(
+        "serve", parents=[common], help="a local web page: draw a digit, see each step's answer"
+    )
+    s.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
     s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     s.set_defaults(func=cmd_serve)
     return p
@@ -726,8 +929,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ladder: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nladder: interrupted; the last finished epoch is saved "
-              "(continue with `ladder run --resume RUN`)", file=sys.stderr)
+        print(
+            "\nladder: interrupted; the last finished epoch is saved "
+            "(continue with `ladder run --resume RUN`)",
+            file=sys.stderr,
+        )
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -38,9 +38,14 @@ def export(model: nn.Module, fmt: str, out: Path) -> Path:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 program = torch.onnx.export(
-                    wrapped, (example,), dynamo=True, input_names=["images"],
-                    output_names=["logits"], dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
-                    verbose=False)
+                    wrapped,
+                    (example,),
+                    dynamo=True,
+                    input_names=["images"],
+                    output_names=["logits"],
+                    dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+                    verbose=False,
+                )
             program.save(str(tmp))
         os.replace(tmp, out)
     except (OSError, RuntimeError) as e:  # torch reports a failed write as a RuntimeError

@@ -52,10 +52,13 @@ def resolve_run(run: str, stores, say=None) -> Path:
         if run == "best":
             from ..runs.catalog import catalog
             from ..runs.results import best_run
+
             found = best_run(stores, list(catalog()))
             if found is None:
-                raise PredictError("no step under 8,000 parameters has 3 or more finished "
-                                   "test-protocol seeds in the stores; give a run id instead")
+                raise PredictError(
+                    "no step under 8,000 parameters has 3 or more finished "
+                    "test-protocol seeds in the stores; give a run id instead"
+                )
             row, why = found
             if say:
                 say(why)
@@ -67,8 +70,10 @@ def resolve_run(run: str, stores, say=None) -> Path:
     except RunError as e:
         raise PredictError(str(e)) from None
     if weights is None:
-        raise PredictError(f"run {row.id} has no weights at {Path(row.run_dir) / WEIGHTS} "
-                           f"nor in the store (status {row.effective_status})")
+        raise PredictError(
+            f"run {row.id} has no weights at {Path(row.run_dir) / WEIGHTS} "
+            f"nor in the store (status {row.effective_status})"
+        )
     return weights
 
 
@@ -83,14 +88,17 @@ def load_model(weights: Path) -> tuple[nn.Module, str]:
     try:
         if arch:
             from ..engine.family import ArchError, build
+
             try:
                 model = build(arch)
             except ArchError as e:
                 raise PredictError(f"{weights}: {e}") from None
         elif ckpt.get("step_file"):
             from ..runs.experiment import Spec, resolve_step
-            spec = Spec(step_name, 0, steps.Recipe(), step_file=ckpt["step_file"],
-                        step_hash=ckpt.get("step_hash"))
+
+            spec = Spec(
+                step_name, 0, steps.Recipe(), step_file=ckpt["step_file"], step_hash=ckpt.get("step_hash")
+            )
             model = resolve_step(spec).build()
         else:
             model = steps.get(step_name).build()
@@ -99,8 +107,9 @@ def load_model(weights: Path) -> tuple[nn.Module, str]:
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
-        raise PredictError(f"{weights}: weights do not match {step_name}'s architecture "
-                           f"({str(e).splitlines()[0]})") from e
+        raise PredictError(
+            f"{weights}: weights do not match {step_name}'s architecture ({str(e).splitlines()[0]})"
+        ) from e
     return model.eval(), step_name
 
 
@@ -133,14 +142,12 @@ def decode_image(source: Path | BinaryIO, name: str) -> Image.Image:
     except UnidentifiedImageError:
         raise PredictError(f"{name}: not an image (or a format Pillow cannot read)") from None
     except Image.DecompressionBombError:
-        raise PredictError(f"{name}: over the {MAX_PIXELS:,}-pixel limit; "
-                           "crop or shrink it first") from None
+        raise PredictError(f"{name}: over the {MAX_PIXELS:,}-pixel limit; crop or shrink it first") from None
     except OSError as e:
         raise PredictError(f"{name}: cannot open ({e})") from None
     w, h = img.size
     if w * h > MAX_PIXELS:
-        raise PredictError(f"{name}: {w}x{h} is over the {MAX_PIXELS:,}-pixel limit; "
-                           "crop or shrink it first")
+        raise PredictError(f"{name}: {w}x{h} is over the {MAX_PIXELS:,}-pixel limit; crop or shrink it first")
     try:
         img.load()
     except (OSError, SyntaxError, ValueError) as e:
@@ -188,7 +195,7 @@ def mnist_style(gray: np.ndarray) -> np.ndarray:
     ys, xs = np.nonzero(x > 0.25)
     if len(ys) == 0:
         raise PredictError("no digit found")
-    x = x[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1]
+    x = x[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     h, w = x.shape
     scale = 20.0 / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
@@ -199,7 +206,7 @@ def mnist_style(gray: np.ndarray) -> np.ndarray:
     top = int(np.clip(round(14 - cy - 0.5), 0, 28 - nh))
     left = int(np.clip(round(14 - cx - 0.5), 0, 28 - nw))
     out = np.zeros((28, 28), dtype=np.float32)
-    out[top: top + nh, left: left + nw] = x
+    out[top : top + nh, left : left + nw] = x
     return out
 
 
@@ -211,8 +218,11 @@ class Prediction:
     seen: np.ndarray  # the 28x28 image the model saw
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "digit": self.digit,
-                "probabilities": [round(p, 6) for p in self.probabilities]}
+        return {
+            "path": self.path,
+            "digit": self.digit,
+            "probabilities": [round(p, 6) for p in self.probabilities],
+        }
 
 
 @torch.inference_mode()
@@ -234,8 +244,10 @@ def predict_files(model: nn.Module, paths: list[Path]) -> tuple[list[Prediction]
     if not good:
         return [], problems
     probs = predict_arrays(model, seen)
-    return [Prediction(str(p), int(pr.argmax()), pr.tolist(), s)
-            for p, pr, s in zip(good, probs, seen, strict=True)], problems
+    return [
+        Prediction(str(p), int(pr.argmax()), pr.tolist(), s)
+        for p, pr, s in zip(good, probs, seen, strict=True)
+    ], problems
 
 
 def expand(inputs: list[Path]) -> tuple[list[Path], list[str]]:

@@ -90,8 +90,16 @@ def list_models(paths: list[Path]) -> list[ModelInfo]:
                 if r.id in found or (r.id not in in_store and not (Path(r.run_dir) / WEIGHTS).is_file()):
                     continue
                 last = (store.epochs(r.id) or [{}])[-1]
-                found[r.id] = ModelInfo(r.id, r.step, r.seed, r.protocol, r.params, last.get("test_acc"),
-                                        last.get("val_acc"), str(store.path))
+                found[r.id] = ModelInfo(
+                    r.id,
+                    r.step,
+                    r.seed,
+                    r.protocol,
+                    r.params,
+                    last.get("test_acc"),
+                    last.get("val_acc"),
+                    str(store.path),
+                )
     return sorted(found.values(), key=lambda m: (step_order(m.step), m.protocol, m.seed, m.id))
 
 
@@ -139,8 +147,9 @@ def create_app(stores: list[Path]) -> Starlette:
     async def models(request: Request) -> JSONResponse:
         found = await run_in_threadpool(list_models, stores)
         best = await run_in_threadpool(best_model, stores)
-        return JSONResponse({"models": [asdict(m) for m in found], "best": best,
-                             "default": default_choice(found, best)})
+        return JSONResponse(
+            {"models": [asdict(m) for m in found], "best": best, "default": default_choice(found, best)}
+        )
 
     async def predict(request: Request) -> JSONResponse:
         ids = request.query_params.getlist("model")
@@ -170,12 +179,15 @@ def create_app(stores: list[Path]) -> Starlette:
     async def store_broken(request: Request, exc: Exception) -> JSONResponse:
         return error(500, str(exc))  # a damaged or unreadable store: say which, keep serving
 
-    return Starlette(routes=[
-        Route("/", page),
-        Route("/api/models", models),
-        Route("/api/predict", predict, methods=["POST"]),
-        Mount("/static", StaticFiles(directory=STATIC), name="static"),
-    ], exception_handlers={StoreError: store_broken})
+    return Starlette(
+        routes=[
+            Route("/", page),
+            Route("/api/models", models),
+            Route("/api/predict", predict, methods=["POST"]),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        ],
+        exception_handlers={StoreError: store_broken},
+    )
 
 
 def answer(image: bytes, chosen: list[ModelInfo]) -> dict:
@@ -183,8 +195,13 @@ def answer(image: bytes, chosen: list[ModelInfo]) -> dict:
     out = []
     for m in chosen:
         probs = predict_arrays(cached_model(m.id, m.store), [seen])[0]
-        out.append({"model": m.id, "digit": int(probs.argmax()),
-                    "probabilities": [round(float(p), 6) for p in probs]})
+        out.append(
+            {
+                "model": m.id,
+                "digit": int(probs.argmax()),
+                "probabilities": [round(float(p), 6) for p in probs],
+            }
+        )
     return {"input": png_data_url(seen), "predictions": out}
 
 

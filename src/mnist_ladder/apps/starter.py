@@ -46,16 +46,19 @@ def _absolute_imports(module) -> list[str]:
     """The parent module's imports, made absolute so that they work from any folder."""
     lines = []
     for line in inspect.getsource(module).splitlines():
-        if (not line.startswith(("import ", "from ")) or line.startswith("from __future__")
-                or line.startswith("from ..engine.step ")):  # Recipe and Step: mnist_ladder's
+        if (
+            not line.startswith(("import ", "from "))
+            or line.startswith("from __future__")
+            or line.startswith("from ..engine.step ")
+        ):  # Recipe and Step: mnist_ladder's
             continue
         # the engine's modules by the public paths step files use (`mnist_ladder.models`)
         line = re.sub(r"^from \.\.engine\.(models|augment) ", r"from mnist_ladder.\1 ", line)
         line = re.sub(r"^from \.\.engine import ", "from mnist_ladder import ", line)
-        line = re.sub(r"^from \.\.(\w*)", lambda m: "from mnist_ladder" + ("." + m[1] if m[1] else ""),
-                      line)
-        line = re.sub(r"^from \.(\w*)", lambda m: "from mnist_ladder.steps" + ("." + m[1] if m[1] else ""),
-                      line)
+        line = re.sub(r"^from \.\.(\w*)", lambda m: "from mnist_ladder" + ("." + m[1] if m[1] else ""), line)
+        line = re.sub(
+            r"^from \.(\w*)", lambda m: "from mnist_ladder.steps" + ("." + m[1] if m[1] else ""), line
+        )
         lines.append(line)
     return lines
 
@@ -68,8 +71,10 @@ def _build_source(parent: Step) -> tuple[str, list[str]]:
     except (OSError, TypeError):
         source = ""
     if not source.startswith("def "):  # a lambda or a callable object: reuse it as it is
-        return (f"# {parent.name}'s network, reused as it is; write your own `def build()` to "
-                f"change it.\nbuild = PARENT.build\n"), []
+        return (
+            f"# {parent.name}'s network, reused as it is; write your own `def build()` to "
+            f"change it.\nbuild = PARENT.build\n"
+        ), []
     source = re.sub(r"^def \w+\(", "def build(", source, count=1)
     return source, _absolute_imports(inspect.getmodule(fn))
 
@@ -125,5 +130,3 @@ def starter_file(name: str, parent: Step) -> str:
         "",
     ]
     return "\n".join(head)
-
-

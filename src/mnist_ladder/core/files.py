@@ -39,8 +39,9 @@ def check_output(path: Path | str, *, make_parent: bool = False) -> Path:
         if stat.S_ISDIR(st.st_mode):
             raise OutputPathError(f"{path}: is a directory, not a file")
         if not stat.S_ISREG(st.st_mode):
-            raise OutputPathError(f"{path}: not a regular file (a device, FIFO or socket); "
-                                  "refusing to replace it")
+            raise OutputPathError(
+                f"{path}: not a regular file (a device, FIFO or socket); refusing to replace it"
+            )
     parent = path.parent
     if make_parent:
         try:
@@ -54,8 +55,13 @@ def check_output(path: Path | str, *, make_parent: bool = False) -> Path:
     return path
 
 
-def write_atomic(path: Path | str, content: bytes | str | Callable[[Path], None], *,
-                 make_parent: bool = False, hidden: bool = False) -> Path:
+def write_atomic(
+    path: Path | str,
+    content: bytes | str | Callable[[Path], None],
+    *,
+    make_parent: bool = False,
+    hidden: bool = False,
+) -> Path:
     """Write `content` (bytes, text, or a function that writes the file it is given) to
     `path` atomically. `hidden`: the temporary's name starts with a dot."""
     path = check_output(path, make_parent=make_parent)

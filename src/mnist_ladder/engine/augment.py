@@ -38,13 +38,20 @@ class Augment:
 
     def __post_init__(self) -> None:
         if self.elastic < 0 or self.elastic_grid < 2:
-            raise ValueError(f"elastic must be >= 0 and elastic_grid >= 2, got {self.elastic} "
-                             f"and {self.elastic_grid}")
+            raise ValueError(
+                f"elastic must be >= 0 and elastic_grid >= 2, got {self.elastic} and {self.elastic_grid}"
+            )
 
     @property
     def geometric(self) -> bool:
-        return bool(self.rotation or self.degrees or self.shear or self.translate
-                    or self.scale != (1.0, 1.0) or self.elastic)
+        return bool(
+            self.rotation
+            or self.degrees
+            or self.shear
+            or self.translate
+            or self.scale != (1.0, 1.0)
+            or self.elastic
+        )
 
     @property
     def photometric(self) -> bool:
@@ -53,18 +60,27 @@ class Augment:
     def scaled(self, strength: float) -> Augment:
         """The same augmentation at a fraction of its strength (used by the search)."""
         lo, hi = self.scale
-        return Augment(self.rotation * strength, self.degrees * strength, self.shear * strength,
-                       self.translate * strength, (1 - (1 - lo) * strength, 1 + (hi - 1) * strength),
-                       self.brightness * strength, self.contrast * strength,
-                       self.elastic * strength, self.elastic_grid)
+        return Augment(
+            self.rotation * strength,
+            self.degrees * strength,
+            self.shear * strength,
+            self.translate * strength,
+            (1 - (1 - lo) * strength, 1 + (hi - 1) * strength),
+            self.brightness * strength,
+            self.contrast * strength,
+            self.elastic * strength,
+            self.elastic_grid,
+        )
 
 
-SEED_AUGMENT = Augment(rotation=6, degrees=7, shear=10, translate=0.1, scale=(0.8, 1.2),
-                       brightness=0.4, contrast=0.4)
+SEED_AUGMENT = Augment(
+    rotation=6, degrees=7, shear=10, translate=0.1, scale=(0.8, 1.2), brightness=0.4, contrast=0.4
+)
 
 
-def sample_params(cfg: Augment, n: int, generator: torch.Generator,
-                  device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+def sample_params(
+    cfg: Augment, n: int, generator: torch.Generator, device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
     """Per-image random parameters, each a tensor [n]."""
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
@@ -149,16 +165,18 @@ def apply(x: torch.Tensor, cfg: Augment, p: dict[str, torch.Tensor]) -> torch.Te
     return x
 
 
-def draw(cfg: Augment, n: int, generator: torch.Generator,
-         device: torch.device | str = "cpu") -> dict[str, torch.Tensor] | None:
+def draw(
+    cfg: Augment, n: int, generator: torch.Generator, device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor] | None:
     """Every image's parameters for `cfg` at once (so the random stream depends only on n),
     or None, and nothing drawn, when `cfg` changes nothing. Both ways of augmenting (`augment`
     here, `fused.augment_images` on the CPU) draw through this."""
     return sample_params(cfg, n, generator, device) if cfg.geometric or cfg.photometric else None
 
 
-def augment(x: torch.Tensor, cfg: Augment, generator: torch.Generator,
-            apply_chunk: int = 2048) -> torch.Tensor:
+def augment(
+    x: torch.Tensor, cfg: Augment, generator: torch.Generator, apply_chunk: int = 2048
+) -> torch.Tensor:
     """Draws every image's parameters at once, then resamples `apply_chunk` images at a time:
     the grid and its temporaries are several copies of the images, and at 8,192 images they
     were a fifth of a Step 6 run's peak memory."""
@@ -170,4 +188,3 @@ def augment(x: torch.Tensor, cfg: Augment, generator: torch.Generator,
         part = slice(i, i + apply_chunk)
         out[part] = apply(x[part], cfg, {k: v[part] for k, v in p.items()})
     return out
-

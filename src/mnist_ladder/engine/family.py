@@ -30,17 +30,25 @@ class ArchError(LadderError, ValueError):
 
 def check(arch: object) -> dict:
     """`arch` if it is a well-formed architecture within MAX_PARAMS, else ArchError."""
+
     def whole(v: object, low: int) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
     if not isinstance(arch, dict) or not {"convs1", "transition", "convs2"} <= arch.keys():
         raise ArchError("an architecture is a dict with convs1, transition and convs2")
-    convs = [*arch["convs1"], *arch["convs2"]] if all(
-        isinstance(arch[k], list) and arch[k] for k in ("convs1", "convs2")) else None
-    if (convs is None or not all(whole(c, 1) for c in convs) or not whole(arch["transition"], 1)
-            or not whole(arch.get("head", 0), 0)
-            or not isinstance(arch.get("dropout", 0.0), int | float)
-            or not 0.0 <= arch.get("dropout", 0.0) < 1.0):
+    convs = (
+        [*arch["convs1"], *arch["convs2"]]
+        if all(isinstance(arch[k], list) and arch[k] for k in ("convs1", "convs2"))
+        else None
+    )
+    if (
+        convs is None
+        or not all(whole(c, 1) for c in convs)
+        or not whole(arch["transition"], 1)
+        or not whole(arch.get("head", 0), 0)
+        or not isinstance(arch.get("dropout", 0.0), int | float)
+        or not 0.0 <= arch.get("dropout", 0.0) < 1.0
+    ):
         raise ArchError(f"not an architecture of the model family: {arch}")
     side = (28 - 2 * len(arch["convs1"])) // 2 - 2 * len(arch["convs2"])  # unpadded 3x3s
     if side < 1:
@@ -81,5 +89,12 @@ def _build(arch: dict) -> nn.Module:
 
 
 def as_step(name: str, arch: dict, recipe: Recipe, title: str = "searched architecture") -> Step:
-    return Step(name=name, title=title, target=("found by `ladder sweep`",),
-                build=lambda: build(arch), recipe=recipe, analysis=(), params=count_parameters(build(arch)))
+    return Step(
+        name=name,
+        title=title,
+        target=("found by `ladder sweep`",),
+        build=lambda: build(arch),
+        recipe=recipe,
+        analysis=(),
+        params=count_parameters(build(arch)),
+    )

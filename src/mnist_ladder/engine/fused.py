@@ -41,8 +41,7 @@ MAX_TILE = 128  # values a row: full vector registers, and any batch size divide
 SOURCE = Path(__file__).with_name("kernels.c")
 # -march=native: built on the machine that runs it, for its vector width. No fast-math: the
 # results must be torch's arithmetic; -fno-trapping-math only lets the ReLU's selects vectorize.
-CFLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math",
-          "-shared", "-fPIC")
+CFLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math", "-shared", "-fPIC")
 
 
 def _cpu_flags() -> str:
@@ -51,7 +50,8 @@ def _cpu_flags() -> str:
     except OSError:
         return platform.processor()
     return next((ln for ln in info if ln.startswith("flags")), "") + next(
-        (ln for ln in info if ln.startswith("model name")), "")
+        (ln for ln in info if ln.startswith("model name")), ""
+    )
 
 
 @functools.cache
@@ -61,37 +61,65 @@ def kernels() -> ctypes.CDLL | None:
     cannot be built; the blocks then run as modules."""
     cc = os.environ.get("CC", "cc")
     try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True,
-                                 check=True).stdout
-        key = hashlib.sha256("\0".join([SOURCE.read_text(), version, *CFLAGS, _cpu_flags()])
-                             .encode()).hexdigest()[:16]
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
+        key = hashlib.sha256(
+            "\0".join([SOURCE.read_text(), version, *CFLAGS, _cpu_flags()]).encode()
+        ).hexdigest()[:16]
         lib = machine_cache_dir() / "kernels" / f"kernels-{key}.so"
         if not lib.exists():
             lib.parent.mkdir(parents=True, exist_ok=True)
             tmp = lib.with_name(f".{lib.name}.{os.getpid()}.tmp")
-            subprocess.run([cc, *CFLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True,
-                           text=True, check=True)
+            subprocess.run(
+                [cc, *CFLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True, check=True
+            )
             os.replace(tmp, lib)  # atomic: concurrent runs each see a whole file
         # torch is imported, so the library's OpenMP is torch's runtime and thread pool
         built = ctypes.CDLL(str(lib))
     except (OSError, subprocess.CalledProcessError) as e:
         detail = getattr(e, "stderr", "") or e
-        warnings.warn(f"the CPU kernels (kernels.c) could not be built ({detail}); BatchNorm "
-                      "blocks and max-pools run as torch modules, more slowly", stacklevel=2)
+        warnings.warn(
+            f"the CPU kernels (kernels.c) could not be built ({detail}); BatchNorm "
+            "blocks and max-pools run as torch modules, more slowly",
+            stacklevel=2,
+        )
         return None
     ptr = ctypes.c_void_p
     block = ctypes.POINTER(_Block)
-    built.nb_forward.argtypes = [block, ptr, ptr, ptr, ptr, ctypes.c_int64, ptr, ptr, ptr, ptr,
-                                 ctypes.c_double, ptr, ptr]
+    built.nb_forward.argtypes = [
+        block,
+        ptr,
+        ptr,
+        ptr,
+        ptr,
+        ctypes.c_int64,
+        ptr,
+        ptr,
+        ptr,
+        ptr,
+        ctypes.c_double,
+        ptr,
+        ptr,
+    ]
     built.nb_backward.argtypes = [block, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
     sizes = [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int]  # n, h, w, c, element size, threads
     built.mp_forward.argtypes = [ptr, ptr, ptr, *sizes]
     built.mp_backward.argtypes = [ptr, ptr, ptr, *sizes]
-    built.aug_images.argtypes = [ptr, ptr, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                                 ptr, ptr, ptr, ptr, ctypes.c_float, ctypes.c_float, ptr,
-                                 ctypes.c_int]
-    for fn in (built.nb_forward, built.nb_backward, built.mp_forward, built.mp_backward,
-               built.aug_images):
+    built.aug_images.argtypes = [
+        ptr,
+        ptr,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ptr,
+        ptr,
+        ptr,
+        ptr,
+        ctypes.c_float,
+        ctypes.c_float,
+        ptr,
+        ctypes.c_int,
+    ]
+    for fn in (built.nb_forward, built.nb_backward, built.mp_forward, built.mp_backward, built.aug_images):
         fn.restype = None
     return built
 
@@ -114,23 +142,41 @@ def dropout_hits(n: int, p: float) -> torch.Tensor:
 class _Block(ctypes.Structure):
     """kernels.c's `Block`: a map's shape as rows of `T` values, and the block's settings."""
 
-    _fields_ = [("rows", ctypes.c_int64), ("T", ctypes.c_int32), ("C", ctypes.c_int32),
-                ("bf16", ctypes.c_int32), ("pre_relu", ctypes.c_int32),
-                ("post_relu", ctypes.c_int32), ("train", ctypes.c_int32), ("threads", ctypes.c_int32),
-                ("keep", ctypes.c_double), ("eps", ctypes.c_double)]
+    _fields_ = [
+        ("rows", ctypes.c_int64),
+        ("T", ctypes.c_int32),
+        ("C", ctypes.c_int32),
+        ("bf16", ctypes.c_int32),
+        ("pre_relu", ctypes.c_int32),
+        ("post_relu", ctypes.c_int32),
+        ("train", ctypes.c_int32),
+        ("threads", ctypes.c_int32),
+        ("keep", ctypes.c_double),
+        ("eps", ctypes.c_double),
+    ]
 
 
 def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
-def _block(z: torch.Tensor, bn: nn.BatchNorm2d, pre_relu: bool, post_relu: bool, *, train: bool,
-           keep: float) -> _Block:
+def _block(
+    z: torch.Tensor, bn: nn.BatchNorm2d, pre_relu: bool, post_relu: bool, *, train: bool, keep: float
+) -> _Block:
     n, c, h, w = z.shape
     k = tile_factor(c, n * h * w)
-    return _Block(rows=z.numel() // (c * k), T=c * k, C=c, bf16=z.dtype == torch.bfloat16,
-                  pre_relu=pre_relu, post_relu=post_relu, train=train,
-                  threads=torch.get_num_threads(), keep=keep, eps=bn.eps)
+    return _Block(
+        rows=z.numel() // (c * k),
+        T=c * k,
+        C=c,
+        bf16=z.dtype == torch.bfloat16,
+        pre_relu=pre_relu,
+        post_relu=post_relu,
+        train=train,
+        threads=torch.get_num_threads(),
+        keep=keep,
+        eps=bn.eps,
+    )
 
 
 class _NormBlock(torch.autograd.Function):
@@ -146,10 +192,21 @@ class _NormBlock(torch.autograd.Function):
         mask = torch.empty((z.numel() + 7) // 8, dtype=torch.uint8)  # the dropout, a bit each
         scale_shift = torch.empty(2, block.T)
         moments = torch.empty(2, c, dtype=torch.float64)  # mean and 1/std
-        kernels().nb_forward(block, _ptr(z), _ptr(y), _ptr(mask), _ptr(hits),
-                             0 if hits is None else hits.numel(), _ptr(weight), _ptr(bias),
-                             _ptr(bn.running_mean), _ptr(bn.running_var), _momentum(bn),
-                             _ptr(scale_shift), _ptr(moments))
+        kernels().nb_forward(
+            block,
+            _ptr(z),
+            _ptr(y),
+            _ptr(mask),
+            _ptr(hits),
+            0 if hits is None else hits.numel(),
+            _ptr(weight),
+            _ptr(bias),
+            _ptr(bn.running_mean),
+            _ptr(bn.running_var),
+            _momentum(bn),
+            _ptr(scale_shift),
+            _ptr(moments),
+        )
         ctx.save_for_backward(z, mask, scale_shift, moments, weight)
         ctx.block = block
         return y
@@ -159,9 +216,18 @@ class _NormBlock(torch.autograd.Function):
         z, mask, scale_shift, moments, weight = ctx.saved_tensors
         dy = dy.to(z.dtype).contiguous(memory_format=torch.channels_last)
         dz, dweight, dbias = torch.empty_like(z), torch.empty_like(weight), torch.empty_like(weight)
-        kernels().nb_backward(ctx.block, _ptr(dy), _ptr(z), _ptr(dz), _ptr(mask),
-                              _ptr(scale_shift), _ptr(moments), _ptr(weight), _ptr(dweight),
-                              _ptr(dbias))
+        kernels().nb_backward(
+            ctx.block,
+            _ptr(dy),
+            _ptr(z),
+            _ptr(dz),
+            _ptr(mask),
+            _ptr(scale_shift),
+            _ptr(moments),
+            _ptr(weight),
+            _ptr(dweight),
+            _ptr(dbias),
+        )
         return dz, dweight, dbias, None, None, None, None, None
 
 
@@ -179,8 +245,7 @@ def _traced() -> bool:
 def fusable(order: str) -> bool:
     """Whether a block is conv, [ReLU], BatchNorm, [ReLU and dropout in either order]: what
     `norm_block` computes (dropout commutes with a ReLU: both keep zeros, the scale is > 0)."""
-    return (re.fullmatch(r"cr?b[rd]*", order) is not None
-            and order.count("r") <= 1 and order.count("d") <= 1)
+    return re.fullmatch(r"cr?b[rd]*", order) is not None and order.count("r") <= 1 and order.count("d") <= 1
 
 
 def can_fuse(x: torch.Tensor, bn: nn.Module) -> bool:
@@ -189,25 +254,44 @@ def can_fuse(x: torch.Tensor, bn: nn.Module) -> bool:
     if _traced():  # first: a tracer would record the shape tests below
         return False
     wants_grad = torch.is_grad_enabled() and (x.requires_grad or bn.weight.requires_grad)
-    return (x.device.type == "cpu" and x.dim() == 4 and (bn.training or not wants_grad)
-            and x.shape[1] <= MAX_TILE
-            and x.dtype in (torch.float32, torch.bfloat16)  # what kernels.c reads
-            and x.is_contiguous(memory_format=torch.channels_last)
-            and type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats
-            and bn.weight.dtype == bn.running_mean.dtype == torch.float32
-            and kernels() is not None)
+    return (
+        x.device.type == "cpu"
+        and x.dim() == 4
+        and (bn.training or not wants_grad)
+        and x.shape[1] <= MAX_TILE
+        and x.dtype in (torch.float32, torch.bfloat16)  # what kernels.c reads
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and type(bn) is nn.BatchNorm2d
+        and bn.affine
+        and bn.track_running_stats
+        and bn.weight.dtype == bn.running_mean.dtype == torch.float32
+        and kernels() is not None
+    )
 
 
-def norm_block(z: torch.Tensor, bn: nn.BatchNorm2d, *, pre_relu: bool, post_relu: bool,
-               p: float) -> torch.Tensor:
+def norm_block(
+    z: torch.Tensor, bn: nn.BatchNorm2d, *, pre_relu: bool, post_relu: bool, p: float
+) -> torch.Tensor:
     """`bn` on channels-last `z` with the ReLU before and/or after it and a dropout of rate p
     (0: none). Training updates `bn`'s running statistics as torch does; eval uses them."""
     if not bn.training:
         block = _block(z, bn, pre_relu, post_relu, train=False, keep=1.0)
         y, scale_shift = torch.empty_like(z), torch.empty(2, block.T)
-        kernels().nb_forward(block, _ptr(z), _ptr(y), None, None, 0, _ptr(bn.weight),
-                             _ptr(bn.bias), _ptr(bn.running_mean), _ptr(bn.running_var), 0.0,
-                             _ptr(scale_shift), None)
+        kernels().nb_forward(
+            block,
+            _ptr(z),
+            _ptr(y),
+            None,
+            None,
+            0,
+            _ptr(bn.weight),
+            _ptr(bn.bias),
+            _ptr(bn.running_mean),
+            _ptr(bn.running_var),
+            0.0,
+            _ptr(scale_shift),
+            None,
+        )
         return y
     hits = dropout_hits(z.numel(), p) if p > 0 else None
     keep = 1 / (1 - p) if p > 0 else 1.0
@@ -225,8 +309,9 @@ class _MaxPool(torch.autograd.Function):
         n, c, h, w = x.shape
         out = torch.empty(n, c, h // 2, w // 2, dtype=x.dtype, memory_format=torch.channels_last)
         code = torch.empty(out.numel(), dtype=torch.uint8)
-        kernels().mp_forward(_ptr(x), _ptr(out), _ptr(code), n, h, w, c, x.element_size(),
-                             torch.get_num_threads())
+        kernels().mp_forward(
+            _ptr(x), _ptr(out), _ptr(code), n, h, w, c, x.element_size(), torch.get_num_threads()
+        )
         ctx.save_for_backward(code)
         ctx.shape = x.shape
         return out
@@ -237,8 +322,9 @@ class _MaxPool(torch.autograd.Function):
         n, c, h, w = ctx.shape
         grad = grad.contiguous(memory_format=torch.channels_last)
         grad_in = torch.empty(n, c, h, w, dtype=grad.dtype, memory_format=torch.channels_last)
-        kernels().mp_backward(_ptr(grad), _ptr(code), _ptr(grad_in), n, h, w, c,
-                              grad.element_size(), torch.get_num_threads())
+        kernels().mp_backward(
+            _ptr(grad), _ptr(code), _ptr(grad_in), n, h, w, c, grad.element_size(), torch.get_num_threads()
+        )
         return grad_in
 
 
@@ -247,13 +333,20 @@ def can_pool(x: torch.Tensor, pool: nn.MaxPool2d) -> bool:
     CPU in channels-last, fp32 or bf16."""
     if _traced():  # first: a tracer would record the shape tests below
         return False
-    return (x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16)
-            and x.shape[2] >= 2 and x.shape[3] >= 2
-            and x.is_contiguous(memory_format=torch.channels_last)
-            and not pool.return_indices and not pool.ceil_mode
-            and all(v in (2, (2, 2)) for v in (pool.kernel_size, pool.stride))
-            and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1))
-            and kernels() is not None)
+    return (
+        x.device.type == "cpu"
+        and x.dim() == 4
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and x.shape[2] >= 2
+        and x.shape[3] >= 2
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not pool.return_indices
+        and not pool.ceil_mode
+        and all(v in (2, (2, 2)) for v in (pool.kernel_size, pool.stride))
+        and pool.padding in (0, (0, 0))
+        and pool.dilation in (1, (1, 1))
+        and kernels() is not None
+    )
 
 
 def max_pool(x: torch.Tensor) -> torch.Tensor:
@@ -266,24 +359,47 @@ def max_pool(x: torch.Tensor) -> torch.Tensor:
 def can_augment(images: torch.Tensor, cfg: Augment) -> bool:
     """Whether kernels.c augments these images: uint8 images on the CPU, the seed's affine
     warp and colour jitter (an elastic field runs torch's ops)."""
-    return (images.device.type == "cpu" and images.dtype == torch.uint8
-            and images.is_contiguous() and images.shape[-1] * images.shape[-2] <= 4096
-            and not cfg.elastic and kernels() is not None)
+    return (
+        images.device.type == "cpu"
+        and images.dtype == torch.uint8
+        and images.is_contiguous()
+        and images.shape[-1] * images.shape[-2] <= 4096
+        and not cfg.elastic
+        and kernels() is not None
+    )
 
 
-def augment_images(images: torch.Tensor, index: torch.Tensor, cfg: Augment,
-                   params: dict[str, torch.Tensor] | None, out: torch.Tensor,
-                   mean: float, std: float) -> None:
+def augment_images(
+    images: torch.Tensor,
+    index: torch.Tensor,
+    cfg: Augment,
+    params: dict[str, torch.Tensor] | None,
+    out: torch.Tensor,
+    mean: float,
+    std: float,
+) -> None:
     """out[i] = (augment(images[index[i]] / 255) - mean) / std, with the parameters `params`
     (from `augment.draw`): augment.py's warp and jitter, one pass an image (kernels.c)."""
     h, w = images.shape[-2:]
     assert out.is_contiguous() and out.dtype == torch.float32 and out.numel() == len(index) * h * w
     index = index.contiguous()
-    theta = (inverse_affine(params).float().contiguous()
-             if params is not None and cfg.geometric else None)
-    jitter = ([params[k].float().contiguous() for k in ("brightness", "contrast")]
-              + [params["brightness_first"].to(torch.uint8)]
-              if params is not None and cfg.photometric else [None, None, None])
-    kernels().aug_images(_ptr(images), _ptr(index), len(index), h, w, _ptr(theta),
-                         *(_ptr(t) for t in jitter), mean, std, _ptr(out),
-                         torch.get_num_threads())
+    theta = inverse_affine(params).float().contiguous() if params is not None and cfg.geometric else None
+    jitter = (
+        [params[k].float().contiguous() for k in ("brightness", "contrast")]
+        + [params["brightness_first"].to(torch.uint8)]
+        if params is not None and cfg.photometric
+        else [None, None, None]
+    )
+    kernels().aug_images(
+        _ptr(images),
+        _ptr(index),
+        len(index),
+        h,
+        w,
+        _ptr(theta),
+        *(_ptr(t) for t in jitter),
+        mean,
+        std,
+        _ptr(out),
+        torch.get_num_threads(),
+    )

@@ -22,8 +22,7 @@ ENGINE_DIR = Path(__file__).resolve().parent
 SOURCE_SUFFIXES = (".py", ".c")
 # Keyword arguments of Step/Variant (and dataclasses.replace of them) that are prose or
 # bookkeeping for the report, not training.
-PROSE_FIELDS = frozenset({"title", "target", "analysis", "change", "seed", "mean_final_goal",
-                          "builds_on"})
+PROSE_FIELDS = frozenset({"title", "target", "analysis", "change", "seed", "mean_final_goal", "builds_on"})
 PROSE_CALLS = frozenset({"Step", "Variant", "replace"})
 POSITIONAL = {cls.__name__: tuple(f.name for f in dataclasses.fields(cls)) for cls in (Step, Variant)}
 
@@ -48,8 +47,12 @@ def engine_hash() -> str:
 class _StripProse(ast.NodeTransformer):
     def _drop_docstring(self, node: ast.AST) -> ast.AST:
         body = getattr(node, "body", None)
-        if (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
+        if (
+            body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             node.body = body[1:] or [ast.Pass()]
         return self.generic_visit(node)
 
@@ -61,8 +64,10 @@ class _StripProse(ast.NodeTransformer):
         if name in PROSE_CALLS:
             node.keywords = [k for k in node.keywords if k.arg not in PROSE_FIELDS]
             order = POSITIONAL.get(name, ())  # Step("mine", "a title", build, ...) too
-            node.args = [ast.Constant(None) if i < len(order) and order[i] in PROSE_FIELDS else a
-                         for i, a in enumerate(node.args)]
+            node.args = [
+                ast.Constant(None) if i < len(order) and order[i] in PROSE_FIELDS else a
+                for i, a in enumerate(node.args)
+            ]
         return self.generic_visit(node)
 
 

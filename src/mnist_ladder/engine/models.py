@@ -38,8 +38,11 @@ class Dropout(nn.Dropout):
 
 
 def _layout_of(x: torch.Tensor) -> torch.memory_format:
-    return (torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-            else torch.contiguous_format)
+    return (
+        torch.channels_last
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+        else torch.contiguous_format
+    )
 
 
 def _storage_offsets(hits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -93,8 +96,18 @@ class BatchNormNCHW(nn.BatchNorm2d):
 class Conv(nn.Sequential):
     """A convolution followed by BatchNorm / ReLU / Dropout in the order given by `order`."""
 
-    def __init__(self, cin: int, cout: int, k: int = 3, *, order: str = "c", padding: int = 0,
-                 dropout: float = 0.0, bias: bool = False, groups: int = 1) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        k: int = 3,
+        *,
+        order: str = "c",
+        padding: int = 0,
+        dropout: float = 0.0,
+        bias: bool = False,
+        groups: int = 1,
+    ) -> None:
         if order.count("c") != 1 or set(order) - set("cbrd"):
             raise ValueError(f"order {order!r}: one 'c' and any of 'b', 'r', 'd'")
         make = {
@@ -116,7 +129,7 @@ class Conv(nn.Sequential):
             for layer in list(self)[1:]:
                 z = layer(z)
             return z
-        after = self.order[self.order.index("b") + 1:]
+        after = self.order[self.order.index("b") + 1 :]
         p = self[self.order.index("d")].p if "d" in after else 0.0
         # One autograd function for BatchNorm and its ReLU and dropout: fused.py says why.
         return fused.norm_block(z, bn, pre_relu=self.order[1] == "r", post_relu="r" in after, p=p)
@@ -129,8 +142,7 @@ class Conv(nn.Sequential):
 def separable(cin: int, cout: int, *, padding: int = 1) -> nn.Sequential:
     """Depthwise 3x3 (one filter per channel) then pointwise 1x1, BatchNorm + ReLU after the
     pair: 9*cin + cin*cout weights instead of 9*cin*cout for a full 3x3."""
-    return nn.Sequential(Conv(cin, cin, 3, padding=padding, groups=cin),
-                         Conv(cin, cout, 1, order="cbr"))
+    return nn.Sequential(Conv(cin, cin, 3, padding=padding, groups=cin), Conv(cin, cout, 1, order="cbr"))
 
 
 class Net(nn.Sequential):
@@ -185,12 +197,19 @@ def all_full_net(widths: tuple[int, ...] = (8, 10, 8, 10, 10, 12)) -> nn.Module:
     """Step 6's shape with full 3x3 convolutions only (narrowed to fit 4,000 by default)."""
     c1, c2, t, c3, c4, c5 = widths
     return Net(
-        cbr(1, c1), cbr(c1, c2), nn.MaxPool2d(2), Conv(c2, t, 1),
-        cbr(t, c3), cbr(c3, c4), cbr(c4, c5), nn.AdaptiveAvgPool2d(1), Conv(c5, 10, 1))
+        cbr(1, c1),
+        cbr(c1, c2),
+        nn.MaxPool2d(2),
+        Conv(c2, t, 1),
+        cbr(t, c3),
+        cbr(c3, c4),
+        cbr(c4, c5),
+        nn.AdaptiveAvgPool2d(1),
+        Conv(c5, 10, 1),
+    )
 
 
-def pool_later_net(widths: tuple[int, ...] = (8, 8, 12, 8, 12, 20, 24),
-                     front_padding: int = 0) -> nn.Module:
+def pool_later_net(widths: tuple[int, ...] = (8, 8, 12, 8, 12, 20, 24), front_padding: int = 0) -> nn.Module:
     """Three 3x3 convolutions before the pool instead of two (RF 7 there, not 5): more work
     at full resolution for few weights, paid for with narrower layers after it.
     `front_padding=1` keeps those three at 28x28 (14x14 after the pool, 8x8 at GAP): more
@@ -198,7 +217,9 @@ def pool_later_net(widths: tuple[int, ...] = (8, 8, 12, 8, 12, 20, 24),
     c1, c2, c3, t, c4, s1, s2 = widths
     p = front_padding
     return Net(
-        cbr(1, c1, padding=p), cbr(c1, c2, padding=p), cbr(c2, c3, padding=p),  # 22, RF 7
+        cbr(1, c1, padding=p),
+        cbr(c1, c2, padding=p),
+        cbr(c2, c3, padding=p),  # 22, RF 7
         nn.MaxPool2d(2),  # 11, RF 8
         Conv(c3, t, 1),
         cbr(t, c4),  # 9, RF 12
@@ -214,6 +235,14 @@ def pool_later_separable_net(widths: tuple[int, ...] = (8, 8, 12, 12, 16, 24, 28
     spent on width instead (`widths` = three front convolutions | transition, three blocks)."""
     c1, c2, c3, t, s0, s1, s2 = widths
     return Net(
-        cbr(1, c1), cbr(c1, c2), cbr(c2, c3), nn.MaxPool2d(2), Conv(c3, t, 1),
-        separable(t, s0, padding=0), separable(s0, s1, padding=0), separable(s1, s2, padding=0),
-        nn.AdaptiveAvgPool2d(1), Conv(s2, 10, 1))
+        cbr(1, c1),
+        cbr(c1, c2),
+        cbr(c2, c3),
+        nn.MaxPool2d(2),
+        Conv(c3, t, 1),
+        separable(t, s0, padding=0),
+        separable(s0, s1, padding=0),
+        separable(s1, s2, padding=0),
+        nn.AdaptiveAvgPool2d(1),
+        Conv(s2, 10, 1),
+    )

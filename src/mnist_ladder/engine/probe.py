@@ -47,8 +47,16 @@ MARGIN = 0.05  # another layout replaces the default only when this much faster:
 # ---------------------------------------------------------------- the probe
 
 
-def measure(step: Step, recipe: Recipe, device: torch.device, amp: bool, data: DeviceData,
-            *, rounds: int = 5, steps_per_round: int = 4) -> dict[str, float]:
+def measure(
+    step: Step,
+    recipe: Recipe,
+    device: torch.device,
+    amp: bool,
+    data: DeviceData,
+    *,
+    rounds: int = 5,
+    steps_per_round: int = 4,
+) -> dict[str, float]:
     """Milliseconds per training step of `step`'s model in each layout: the median over
     `rounds` rounds, each timing every layout in turn (neighbours in time share the machine's
     load), after one round of warm-up. Real images, unaugmented: the model's work alone."""
@@ -56,8 +64,8 @@ def measure(step: Step, recipe: Recipe, device: torch.device, amp: bool, data: D
         keep_freed_memory()  # as in the run it measures for
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        x = normalize(to_unit(data.train_x[:recipe.batch_size]))
-        y = data.train_y[:recipe.batch_size]
+        x = normalize(to_unit(data.train_x[: recipe.batch_size]))
+        y = data.train_y[: recipe.batch_size]
         model = step.build().to(device)
         runs = {}
         for name in LAYOUTS:
@@ -73,8 +81,16 @@ def measure(step: Step, recipe: Recipe, device: torch.device, amp: bool, data: D
     return {name: statistics.median(ts[1:]) for name, ts in times.items()}
 
 
-def choose(step: Step, recipe: Recipe, device: torch.device, amp: bool, data: DeviceData, *,
-           identity: str, log: Callable[[str], None] | None = None) -> str:
+def choose(
+    step: Step,
+    recipe: Recipe,
+    device: torch.device,
+    amp: bool,
+    data: DeviceData,
+    *,
+    identity: str,
+    log: Callable[[str], None] | None = None,
+) -> str:
     """The fastest layout for this step on this machine: from the cache, or measured and
     cached. CUDA keeps channels-last (cuDNN picks its own algorithms)."""
     if device.type != "cpu":
@@ -88,15 +104,22 @@ def choose(step: Step, recipe: Recipe, device: torch.device, amp: bool, data: De
     best = min(ms, key=ms.__getitem__)
     if ms[best] > (1 - MARGIN) * ms[DEFAULT]:
         best = DEFAULT
-    say(f"{step.name}: " + ", ".join(f"{n} {t:.1f} ms" for n, t in ms.items())
-        + f" a step; using {best}")
-    write_cache(key, {"layout": best, "ms_per_step": {n: round(t, 2) for n, t in ms.items()},
-                      "measured": time.strftime("%Y-%m-%d %H:%M:%S")}, say)
+    say(f"{step.name}: " + ", ".join(f"{n} {t:.1f} ms" for n, t in ms.items()) + f" a step; using {best}")
+    write_cache(
+        key,
+        {
+            "layout": best,
+            "ms_per_step": {n: round(t, 2) for n, t in ms.items()},
+            "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
+        },
+        say,
+    )
     return best
 
 
-def resolve(name: str, step: Step, recipe: Recipe, device: torch.device, amp: bool,
-            data: DeviceData, *, identity: str) -> str:
+def resolve(
+    name: str, step: Step, recipe: Recipe, device: torch.device, amp: bool, data: DeviceData, *, identity: str
+) -> str:
     """`--layout`'s value as a layout: a named one as is, `auto` measured (or cached) for the
     run's training identity (`runs/identity.py`)."""
     if check(name) != "auto":
@@ -122,8 +145,14 @@ def cache_key(identity: str) -> str:
     training identity, which covers the engine's sources and kernels, the step's network, the
     recipe (its batch size), the precision and torch's version. An older checkout sharing the
     cache (`benchmarks/speed.py --versus`) has another identity, so never reads this choice."""
-    return "|".join([cpu_name(), torch.backends.cpu.get_cpu_capability(),
-                     f"{torch.get_num_threads()} threads", f"identity {identity}"])
+    return "|".join(
+        [
+            cpu_name(),
+            torch.backends.cpu.get_cpu_capability(),
+            f"{torch.get_num_threads()} threads",
+            f"identity {identity}",
+        ]
+    )
 
 
 def cache_path() -> Path:
@@ -141,7 +170,11 @@ def read_cache() -> dict:
 def write_cache(key: str, entry: dict, say: Callable[[str], None]) -> None:
     path = cache_path()
     try:  # atomic: concurrent runs each leave a whole file
-        write_atomic(path, json.dumps({**read_cache(), key: entry}, indent=1, sort_keys=True),
-                     make_parent=True, hidden=True)
+        write_atomic(
+            path,
+            json.dumps({**read_cache(), key: entry}, indent=1, sort_keys=True),
+            make_parent=True,
+            hidden=True,
+        )
     except OSError as e:  # a read-only cache costs a probe per run, nothing more
         say(f"could not cache the choice in {path}: {e}")

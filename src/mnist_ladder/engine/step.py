@@ -104,6 +104,7 @@ class Step:
     def __post_init__(self) -> None:
         if self.params is None:
             from .models import count_parameters
+
             object.__setattr__(self, "params", count_parameters(self.build()))
 
     @property
@@ -115,6 +116,16 @@ class Step:
         if v is None:
             raise KeyError(name)
         return dataclasses.replace(
-            self, name=f"{self.name}.{v.name}", title=v.change, build=v.build or self.build,
-            recipe=v.recipe or self.recipe, analysis=(), params=None, seed=None,
-            mean_final_goal=None, tried=(), builds_on=None, parent=self.name)
+            self,
+            name=f"{self.name}.{v.name}",
+            title=v.change,
+            build=v.build or self.build,
+            recipe=v.recipe or self.recipe,
+            analysis=(),
+            params=None,
+            seed=None,
+            mean_final_goal=None,
+            tried=(),
+            builds_on=None,
+            parent=self.name,
+        )

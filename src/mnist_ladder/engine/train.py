@@ -107,9 +107,15 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return (x - MEAN) / STD
 
 
-def prepare(mnist: MNIST, device: torch.device, *, val: bool = False,
-            train_limit: int | None = None, eval_limit: int | None = None,
-            test: bool = True) -> DeviceData:
+def prepare(
+    mnist: MNIST,
+    device: torch.device,
+    *,
+    val: bool = False,
+    train_limit: int | None = None,
+    eval_limit: int | None = None,
+    test: bool = True,
+) -> DeviceData:
     """Seed protocol: train on 60,000, evaluate on test. Validation protocol (`val`): train on
     the first 50,000, evaluate on the last 10,000 training images (and on test unless `test`
     is False: a search must never see it)."""
@@ -121,8 +127,10 @@ def prepare(mnist: MNIST, device: torch.device, *, val: bool = False,
     return DeviceData(
         train_x=train_x[:train_limit].to(device).unsqueeze(1),
         train_y=train_y[:train_limit].to(device),
-        eval_sets={k: (normalize(to_unit(x[:eval_limit].to(device))), y[:eval_limit].to(device))
-                   for k, (x, y) in eval_sets.items()},
+        eval_sets={
+            k: (normalize(to_unit(x[:eval_limit].to(device))), y[:eval_limit].to(device))
+            for k, (x, y) in eval_sets.items()
+        },
     )
 
 
@@ -136,8 +144,9 @@ def make_optimizer(model: nn.Module, r: Recipe) -> torch.optim.Optimizer:
         weights = [p for p in model.parameters() if p.ndim > 1]
         params = [{"params": weights}, {"params": vectors, "weight_decay": 0.0}]
     if r.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum,
-                               nesterov=r.nesterov, weight_decay=r.weight_decay, fused=True)
+        return torch.optim.SGD(
+            params, lr=r.lr, momentum=r.momentum, nesterov=r.nesterov, weight_decay=r.weight_decay, fused=True
+        )
     if r.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay, fused=True)
     raise ConfigError(f"unknown optimizer {r.optimizer!r}")
@@ -149,8 +158,8 @@ def make_scheduler(opt: torch.optim.Optimizer, r: Recipe, steps_per_epoch: int):
         return None, False
     if r.scheduler == "onecycle":  # the seed's: stepped every batch, momentum cycles too
         return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=r.max_lr, epochs=r.epochs, steps_per_epoch=steps_per_epoch,
-            pct_start=r.pct_start), True
+            opt, max_lr=r.max_lr, epochs=r.epochs, steps_per_epoch=steps_per_epoch, pct_start=r.pct_start
+        ), True
     if r.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=r.step_size, gamma=r.gamma), False
     raise ConfigError(f"unknown scheduler {r.scheduler!r}")
@@ -201,8 +210,6 @@ class TrainState:
         self.history = [EpochResult(**h) for h in sd["history"]]
 
 
-
-
 @dataclass
 class EpochResult:
     epoch: int
@@ -223,12 +230,24 @@ def in_notebook() -> bool:
 def _progress(total: int, desc: str) -> tqdm:
     # A bar on a terminal or in a notebook (tqdm.auto picks the widget there); nothing per
     # batch when piped (the epoch line says it all).
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr,
-                disable=not (in_notebook() or sys.stderr.isatty()))
+    return tqdm(
+        total=total,
+        desc=desc,
+        leave=False,
+        dynamic_ncols=True,
+        file=sys.stderr,
+        disable=not (in_notebook() or sys.stderr.isatty()),
+    )
 
 
-def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                   y: torch.Tensor, recipe: Recipe, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def optimizer_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    recipe: Recipe,
+    amp: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch: forward (under autocast), loss, backward, update; returns (loss, logits)."""
     with autocast(x.device, amp):
         logits = model(x)
@@ -239,8 +258,9 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.
     return loss, logits
 
 
-def augmented(images: torch.Tensor, order: torch.Tensor, cfg: aug.Augment,
-              generator: torch.Generator) -> torch.Tensor:
+def augmented(
+    images: torch.Tensor, order: torch.Tensor, cfg: aug.Augment, generator: torch.Generator
+) -> torch.Tensor:
     """images[order] (uint8), augmented and normalized: float [N, 1, 28, 28]. In chunks,
     written into one buffer (concatenating would hold the epoch twice at peak); on the CPU by
     kernels.c, one pass an image, elsewhere by torch's ops. The random numbers are the same
@@ -248,17 +268,17 @@ def augmented(images: torch.Tensor, order: torch.Tensor, cfg: aug.Augment,
     x_epoch = torch.empty(len(order), 1, 28, 28, device=images.device)
     by_kernel = fused.can_augment(images, cfg)
     for start, idx in zip(range(0, len(order), EPOCH_CHUNK), order.split(EPOCH_CHUNK), strict=True):
-        part = x_epoch[start:start + len(idx)]
+        part = x_epoch[start : start + len(idx)]
         if by_kernel:
-            fused.augment_images(images, idx, cfg, aug.draw(cfg, len(idx), generator), part,
-                                 MEAN, STD)
+            fused.augment_images(images, idx, cfg, aug.draw(cfg, len(idx), generator), part, MEAN, STD)
         else:
             part.copy_(normalize(aug.augment(to_unit(images[idx]), cfg, generator)))
     return x_epoch
 
 
-def train(state: TrainState, data: DeviceData, recipe: Recipe, amp: bool = False,
-          desc: str = "") -> tuple[float, float]:
+def train(
+    state: TrainState, data: DeviceData, recipe: Recipe, amp: bool = False, desc: str = ""
+) -> tuple[float, float]:
     """One epoch of `state`'s model and optimizer; returns (mean loss, accuracy %) over the
     augmented training images."""
     model, optimizer, scheduler, ema = state.model, state.optimizer, state.scheduler, state.ema
@@ -274,7 +294,7 @@ def train(state: TrainState, data: DeviceData, recipe: Recipe, amp: bool = False
     correct = torch.zeros((), device=device, dtype=torch.long)
     with _progress(math.ceil(n / batch_size), desc) as bar:
         for start in range(0, n, batch_size):
-            x, y = x_epoch[start:start + batch_size], y_epoch[start:start + batch_size]
+            x, y = x_epoch[start : start + batch_size], y_epoch[start : start + batch_size]
             loss, logits = optimizer_step(model, optimizer, x, y, recipe, amp)
             if state.per_batch:
                 scheduler.step()
@@ -287,12 +307,11 @@ def train(state: TrainState, data: DeviceData, recipe: Recipe, amp: bool = False
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, amp: bool = False,
-            batch_size: int = 2000) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, amp: bool = False, batch_size: int = 2000) -> torch.Tensor:
     """Logits (float32) for normalized images x, in large batches."""
     model.eval()
     with autocast(x.device, amp):
-        return torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
+        return torch.cat([model(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)])
 
 
 def test(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool = False) -> tuple[float, float]:
@@ -337,8 +356,9 @@ def build_model(step: Step, device: torch.device, layout: str = "cl") -> nn.Modu
     return apply(step.build(), layout).to(device)
 
 
-def new_state(step: Step, recipe: Recipe, data: DeviceData, seed: int,
-              device: torch.device, layout: str = "cl") -> TrainState:
+def new_state(
+    step: Step, recipe: Recipe, data: DeviceData, seed: int, device: torch.device, layout: str = "cl"
+) -> TrainState:
     set_determinism(seed)
     model = build_model(step, device, layout)
     optimizer = make_optimizer(model, recipe)
@@ -347,14 +367,21 @@ def new_state(step: Step, recipe: Recipe, data: DeviceData, seed: int,
     generator = torch.Generator(device=device).manual_seed(seed)
     # BatchNorm statistics are averaged with the weights (use_buffers), so the EMA model
     # evaluates without a recalibration pass.
-    ema = (AveragedModel(model, multi_avg_fn=ema_update(recipe.ema), use_buffers=True)
-           if recipe.ema else None)
+    ema = AveragedModel(model, multi_avg_fn=ema_update(recipe.ema), use_buffers=True) if recipe.ema else None
     return TrainState(model, optimizer, scheduler, per_batch, generator, ema)
 
 
-def fit(step: Step, data: DeviceData, recipe: Recipe, *, seed: int = 1, amp: bool = False,
-        state: TrainState | None = None, layout: str = "cl",
-        on_epoch: Callable[[EpochResult, TrainState], None] | None = None) -> Iterator[EpochResult]:
+def fit(
+    step: Step,
+    data: DeviceData,
+    recipe: Recipe,
+    *,
+    seed: int = 1,
+    amp: bool = False,
+    state: TrainState | None = None,
+    layout: str = "cl",
+    on_epoch: Callable[[EpochResult, TrainState], None] | None = None,
+) -> Iterator[EpochResult]:
     """Train `step`'s model with `recipe` and yield an EpochResult after every epoch.
 
     Pass `state` (from `new_state` + `load_state_dict`) to continue an interrupted run.
@@ -370,16 +397,26 @@ def fit(step: Step, data: DeviceData, recipe: Recipe, *, seed: int = 1, amp: boo
         lr = state.optimizer.param_groups[0]["lr"]
         # Augmentation stops for the last `clean_last` epochs: a small network that can no
         # longer fit the distorted digits gets to fit the real ones while the LR anneals.
-        epoch_recipe = (recipe if epoch <= recipe.epochs - recipe.clean_last
-                        else replace(recipe, augment=aug.Augment()))
-        train_loss, train_acc = train(state, data, epoch_recipe, amp,
-                                      desc=f"{step.name} epoch {epoch}/{recipe.epochs}")
+        epoch_recipe = (
+            recipe if epoch <= recipe.epochs - recipe.clean_last else replace(recipe, augment=aug.Augment())
+        )
+        train_loss, train_acc = train(
+            state, data, epoch_recipe, amp, desc=f"{step.name} epoch {epoch}/{recipe.epochs}"
+        )
         if state.scheduler is not None and not state.per_batch:
             state.scheduler.step()
         scores = {name: test(state.eval_model, x, y, amp) for name, (x, y) in data.eval_sets.items()}
         val = scores.get("val", (None, None))
-        result = EpochResult(epoch, lr, train_loss, train_acc, *scores.get("test", (None, None)),
-                             seconds=time.perf_counter() - t0, val_loss=val[0], val_acc=val[1])
+        result = EpochResult(
+            epoch,
+            lr,
+            train_loss,
+            train_acc,
+            *scores.get("test", (None, None)),
+            seconds=time.perf_counter() - t0,
+            val_loss=val[0],
+            val_acc=val[1],
+        )
         state.history.append(result)
         if on_epoch:
             on_epoch(result, state)

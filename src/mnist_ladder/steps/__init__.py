@@ -28,15 +28,29 @@ from . import (
     step14_under_3k,
 )
 
-_MODULES = (step0_basic_setup, step1_skeleton, step2_batchnorm, step3_dropout,
-            step4_capacity, step5_augmentation, step6_lr_scheduler, step7_separable, step8_wider,
-            step9_adamw, step10_pool_later, step11_clean_finish,
-            step12_pool_later_8k, step13_batch64, step14_under_3k)
+_MODULES = (
+    step0_basic_setup,
+    step1_skeleton,
+    step2_batchnorm,
+    step3_dropout,
+    step4_capacity,
+    step5_augmentation,
+    step6_lr_scheduler,
+    step7_separable,
+    step8_wider,
+    step9_adamw,
+    step10_pool_later,
+    step11_clean_finish,
+    step12_pool_later_8k,
+    step13_batch64,
+    step14_under_3k,
+)
 STEPS: dict[str, Step] = {m.STEP.name: m.STEP for m in _MODULES}
 _BY_MODULE = {m.__name__: m for m in _MODULES}
 # Each built-in step's file in the repository: what `git show COMMIT:FILE` checks.
-FILES: dict[str, str] = {m.STEP.name: f"src/mnist_ladder/steps/{m.__name__.rpartition('.')[2]}.py"
-                         for m in _MODULES}
+FILES: dict[str, str] = {
+    m.STEP.name: f"src/mnist_ladder/steps/{m.__name__.rpartition('.')[2]}.py" for m in _MODULES
+}
 
 
 def _step_modules(module: types.ModuleType) -> list[types.ModuleType]:
@@ -72,9 +86,11 @@ class UnknownStep(LadderError, KeyError):
     def __str__(self) -> str:
         known = self.args[1] or tuple(STEPS)
         variants = [f"{s.name}.{v.name}" for s in STEPS.values() for v in s.tried]
-        return (f"unknown step {self.args[0]!r}; valid steps: {', '.join(known)}"
-                + (f"; variants: {', '.join(variants)}" if variants else "")
-                + "; or the path of a step file (.py)")
+        return (
+            f"unknown step {self.args[0]!r}; valid steps: {', '.join(known)}"
+            + (f"; variants: {', '.join(variants)}" if variants else "")
+            + "; or the path of a step file (.py)"
+        )
 
 
 def get(name: str) -> Step:
@@ -90,5 +106,14 @@ def get(name: str) -> Step:
         raise UnknownStep(name) from None
 
 
-__all__ = ["FILES", "STEPS", "Recipe", "SeedResults", "Step", "UnknownStep", "Variant", "get",
-           "network_fingerprint"]
+__all__ = [
+    "FILES",
+    "STEPS",
+    "Recipe",
+    "SeedResults",
+    "Step",
+    "UnknownStep",
+    "Variant",
+    "get",
+    "network_fingerprint",
+]

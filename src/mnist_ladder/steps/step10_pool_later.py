@@ -39,9 +39,15 @@ STEP = Step(
     ),
     params=3_888,
     tried=(
-        Variant("clean-last-3", "no augmentation in the last 3 epochs",
-                recipe=dataclasses.replace(RECIPE, clean_last=3)),
-        Variant("clean-last-5", "no augmentation in the last 5 epochs",
-                recipe=dataclasses.replace(RECIPE, clean_last=5)),
+        Variant(
+            "clean-last-3",
+            "no augmentation in the last 3 epochs",
+            recipe=dataclasses.replace(RECIPE, clean_last=3),
+        ),
+        Variant(
+            "clean-last-5",
+            "no augmentation in the last 5 epochs",
+            recipe=dataclasses.replace(RECIPE, clean_last=5),
+        ),
     ),
 )

@@ -44,19 +44,32 @@ STEP = Step(
     ),
     params=3_888,
     tried=(
-        Variant("strong-augment", "half again as much augmentation before the clean finish: "
-                "±15°, ±15% shift, scale 0.85-1.15",
-                recipe=dataclasses.replace(RECIPE, augment=RECIPE.augment.scaled(1.5))),
-        Variant("light-augment", "half the augmentation before the clean finish: ±5°, ±5% "
-                "shift, scale 0.95-1.05",
-                recipe=dataclasses.replace(RECIPE, augment=RECIPE.augment.scaled(0.5))),
-        Variant("wider-tail", "the rest of the 4,000 spent on the first separable block: 22 "
-                "channels instead of 20 (3,982 parameters)",
-                build=lambda: models.pool_later_net((8, 8, 12, 8, 12, 22, 24))),
-        Variant("batch64", "batch size 64 instead of 128: twice the steps in 15 epochs",
-                recipe=dataclasses.replace(RECIPE, batch_size=64)),
-        Variant("padded-front", "the three convolutions before the pool padded: 28x28 maps, "
-                "14x14 after the pool, 8x8 at GAP; the same weights, more computation",
-                build=lambda: models.pool_later_net(front_padding=1)),
+        Variant(
+            "strong-augment",
+            "half again as much augmentation before the clean finish: ±15°, ±15% shift, scale 0.85-1.15",
+            recipe=dataclasses.replace(RECIPE, augment=RECIPE.augment.scaled(1.5)),
+        ),
+        Variant(
+            "light-augment",
+            "half the augmentation before the clean finish: ±5°, ±5% shift, scale 0.95-1.05",
+            recipe=dataclasses.replace(RECIPE, augment=RECIPE.augment.scaled(0.5)),
+        ),
+        Variant(
+            "wider-tail",
+            "the rest of the 4,000 spent on the first separable block: 22 "
+            "channels instead of 20 (3,982 parameters)",
+            build=lambda: models.pool_later_net((8, 8, 12, 8, 12, 22, 24)),
+        ),
+        Variant(
+            "batch64",
+            "batch size 64 instead of 128: twice the steps in 15 epochs",
+            recipe=dataclasses.replace(RECIPE, batch_size=64),
+        ),
+        Variant(
+            "padded-front",
+            "the three convolutions before the pool padded: 28x28 maps, "
+            "14x14 after the pool, 8x8 at GAP; the same weights, more computation",
+            build=lambda: models.pool_later_net(front_padding=1),
+        ),
     ),
 )

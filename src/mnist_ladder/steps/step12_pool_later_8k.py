@@ -68,26 +68,42 @@ STEP = Step(
         # of the last 3 epochs' validation accuracy becomes a step if that mean is above Step
         # 12's own validation runs (`step9.pool-later-clean`, same model and recipe). batch32
         # was added before any result of batch64 was seen.
-        Variant("batch64", "batch 64 instead of 128 (what took Step 11 to Step 13)",
-                recipe=dataclasses.replace(RECIPE, batch_size=64)),
-        Variant("batch32", "batch 32: four times Step 12's optimizer steps",
-                recipe=dataclasses.replace(RECIPE, batch_size=32)),
+        Variant(
+            "batch64",
+            "batch 64 instead of 128 (what took Step 11 to Step 13)",
+            recipe=dataclasses.replace(RECIPE, batch_size=64),
+        ),
+        Variant(
+            "batch32",
+            "batch 32: four times Step 12's optimizer steps",
+            recipe=dataclasses.replace(RECIPE, batch_size=32),
+        ),
         # Added after batch64's three seeds (below Step 12) and before any of batch32's.
-        Variant("ema-0.9995", "EMA decay 0.9995 instead of 0.998, meant to average the "
-                "clean finish (the EMA's warm-up holds it under 0.9985 within 15 epochs)",
-                recipe=dataclasses.replace(RECIPE, ema=0.9995)),
+        Variant(
+            "ema-0.9995",
+            "EMA decay 0.9995 instead of 0.998, meant to average the "
+            "clean finish (the EMA's warm-up holds it under 0.9985 within 15 epochs)",
+            recipe=dataclasses.replace(RECIPE, ema=0.9995),
+        ),
         # Added after batch32's three seeds (below Step 12 too) and before any of ema-0.9995's;
         # at 3,000 a separable tail had scored above a full 3x3 one on its first seed.
-        Variant("separable-tail", "all three layers after the pool separable, wider (16 | 28, "
-                "40, 44): 7,978 parameters",
-                build=lambda: models.pool_later_separable_net((10, 12, 16, 16, 28, 40, 44))),
-        Variant("wide-front", "a wider front (12, 16, 20) paid for by a separable tail "
-                "(12 | 24, 24, 40): 7,992 parameters",
-                build=lambda: models.pool_later_separable_net((12, 16, 20, 12, 24, 24, 40))),
+        Variant(
+            "separable-tail",
+            "all three layers after the pool separable, wider (16 | 28, 40, 44): 7,978 parameters",
+            build=lambda: models.pool_later_separable_net((10, 12, 16, 16, 28, 40, 44)),
+        ),
+        Variant(
+            "wide-front",
+            "a wider front (12, 16, 20) paid for by a separable tail (12 | 24, 24, 40): 7,992 parameters",
+            build=lambda: models.pool_later_separable_net((12, 16, 20, 12, 24, 24, 40)),
+        ),
         # Added after separable-tail's three seeds (99.487 against 99.491, with a lower
         # validation loss on each seed, as ema-0.9995 had on two) and before wide-front's third.
-        Variant("separable-tail-ema", "separable-tail's network with ema-0.9995's averaging",
-                build=lambda: models.pool_later_separable_net((10, 12, 16, 16, 28, 40, 44)),
-                recipe=dataclasses.replace(RECIPE, ema=0.9995)),
+        Variant(
+            "separable-tail-ema",
+            "separable-tail's network with ema-0.9995's averaging",
+            build=lambda: models.pool_later_separable_net((10, 12, 16, 16, 28, 40, 44)),
+            recipe=dataclasses.replace(RECIPE, ema=0.9995),
+        ),
     ),
 )

@@ -42,23 +42,37 @@ STEP = Step(
         # Towards 3,000 parameters (the frontier issue), on the validation protocol, seeds 1-3.
         # The rule, committed before any of them ran: the variant with the highest mean over
         # seeds 1-3 of its last 3 epochs' validation accuracy becomes the <= 3,000 step.
-        Variant("narrow-3k", "every width cut (6, 8, 10 | 8 | 10, 14, 20): 2,978 parameters",
-                build=lambda: models.pool_later_net(NARROW_3K)),
-        Variant("separable-3k", "all three layers after the pool separable (8, 8, 10 | 8 | 16, "
-                "16, 24): 2,980 parameters",
-                build=lambda: models.pool_later_separable_net(SEPARABLE_3K)),
+        Variant(
+            "narrow-3k",
+            "every width cut (6, 8, 10 | 8 | 10, 14, 20): 2,978 parameters",
+            build=lambda: models.pool_later_net(NARROW_3K),
+        ),
+        Variant(
+            "separable-3k",
+            "all three layers after the pool separable (8, 8, 10 | 8 | 16, 16, 24): 2,980 parameters",
+            build=lambda: models.pool_later_separable_net(SEPARABLE_3K),
+        ),
         # Added after narrow-3k's first two seeds (below Step 13 by about 0.17) and before any
         # other variant's result: the cut taken from after the pool only.
-        Variant("front-3k", "Step 13's three front convolutions kept whole (8, 8, 12); all "
-                "three layers after the pool separable (8 | 14, 16, 20): 2,962 parameters",
-                build=lambda: models.pool_later_separable_net(FRONT_3K)),
-        Variant("front-3k-full", "Step 13's front kept whole; after the pool 6 | 10, 12, 18: "
-                "2,974 parameters", build=lambda: models.pool_later_net(FRONT_3K_FULL)),
+        Variant(
+            "front-3k",
+            "Step 13's three front convolutions kept whole (8, 8, 12); all "
+            "three layers after the pool separable (8 | 14, 16, 20): 2,962 parameters",
+            build=lambda: models.pool_later_separable_net(FRONT_3K),
+        ),
+        Variant(
+            "front-3k-full",
+            "Step 13's front kept whole; after the pool 6 | 10, 12, 18: 2,974 parameters",
+            build=lambda: models.pool_later_net(FRONT_3K_FULL),
+        ),
         # Batch 32 was declared for narrow-3k and separable-3k and dropped unrun once their
         # first seeds scored lowest (99.26 and 99.19); added instead, after front-3k's first
         # seed (99.33, the best then) and before any of front-3k-full's:
-        Variant("front-3k-batch32", "front-3k with batch 32 (twice Step 13's steps again)",
-                build=lambda: models.pool_later_separable_net(FRONT_3K),
-                recipe=dataclasses.replace(RECIPE, batch_size=32)),
+        Variant(
+            "front-3k-batch32",
+            "front-3k with batch 32 (twice Step 13's steps again)",
+            build=lambda: models.pool_later_separable_net(FRONT_3K),
+            recipe=dataclasses.replace(RECIPE, batch_size=32),
+        ),
     ),
 )

@@ -51,28 +51,54 @@ STEP = Step(
     params=7_322,
     mean_final_goal=99.5,
     tried=(
-        Variant("elastic", "elastic distortion added: ±1.5 px at 4x4 control points",
-                recipe=step7_separable.STEP.variant("elastic").recipe),
-        Variant("spatial-head", "a learned 6x6 weighting per class instead of GAP",
-                build=lambda: models.spatial_head_net(WIDTHS)),
-        Variant("full-back", "full 3x3 convolutions after the pool instead of separable ones "
-                "(8, 16 | 8 | 12, 16, 20 channels)",
-                build=lambda: models.all_full_net((8, 16, 8, 12, 16, 20))),
+        Variant(
+            "elastic",
+            "elastic distortion added: ±1.5 px at 4x4 control points",
+            recipe=step7_separable.STEP.variant("elastic").recipe,
+        ),
+        Variant(
+            "spatial-head",
+            "a learned 6x6 weighting per class instead of GAP",
+            build=lambda: models.spatial_head_net(WIDTHS),
+        ),
+        Variant(
+            "full-back",
+            "full 3x3 convolutions after the pool instead of separable ones "
+            "(8, 16 | 8 | 12, 16, 20 channels)",
+            build=lambda: models.all_full_net((8, 16, 8, 12, 16, 20)),
+        ),
         Variant("silu", "SiLU instead of ReLU everywhere", build=build_silu),
-        Variant("seed-augment", "the seed's augmentation (rotation, shear, scale 0.8-1.2, "
-                "colour jitter) with this recipe",
-                recipe=dataclasses.replace(step7_separable.RECIPE, augment=SEED_AUGMENT)),
-        Variant("pool-later", "three 3x3 convolutions before the pool (8, 12, 16 channels), "
-                "then 12 | 16, 30, 40: the same 7,322 parameters",
-                build=lambda: models.pool_later_net((8, 12, 16, 12, 16, 30, 40))),
-        Variant("max-width", "wider after the pool, to the budget: 10, 20 | 12 | 22, 34, 44 "
-                "(7,954 parameters)", build=lambda: models.separable_net((10, 20, 12, 22, 34, 44))),
-        Variant("adamw", "AdamW (OneCycle peak 0.01, weight decay 0.01) instead of SGD",
-                recipe=step7_separable.ADAMW),
-        Variant("adamw-max-width", "AdamW, and max-width's network (7,954 parameters)",
-                build=lambda: models.separable_net((10, 20, 12, 22, 34, 44)),
-                recipe=step7_separable.ADAMW),
-        Variant("adamw-peak-0.02", "AdamW with OneCycle peak 0.02",
-                recipe=dataclasses.replace(step7_separable.ADAMW, max_lr=0.02, lr=0.0008)),
+        Variant(
+            "seed-augment",
+            "the seed's augmentation (rotation, shear, scale 0.8-1.2, colour jitter) with this recipe",
+            recipe=dataclasses.replace(step7_separable.RECIPE, augment=SEED_AUGMENT),
+        ),
+        Variant(
+            "pool-later",
+            "three 3x3 convolutions before the pool (8, 12, 16 channels), "
+            "then 12 | 16, 30, 40: the same 7,322 parameters",
+            build=lambda: models.pool_later_net((8, 12, 16, 12, 16, 30, 40)),
+        ),
+        Variant(
+            "max-width",
+            "wider after the pool, to the budget: 10, 20 | 12 | 22, 34, 44 (7,954 parameters)",
+            build=lambda: models.separable_net((10, 20, 12, 22, 34, 44)),
+        ),
+        Variant(
+            "adamw",
+            "AdamW (OneCycle peak 0.01, weight decay 0.01) instead of SGD",
+            recipe=step7_separable.ADAMW,
+        ),
+        Variant(
+            "adamw-max-width",
+            "AdamW, and max-width's network (7,954 parameters)",
+            build=lambda: models.separable_net((10, 20, 12, 22, 34, 44)),
+            recipe=step7_separable.ADAMW,
+        ),
+        Variant(
+            "adamw-peak-0.02",
+            "AdamW with OneCycle peak 0.02",
+            recipe=dataclasses.replace(step7_separable.ADAMW, max_lr=0.02, lr=0.0008),
+        ),
     ),
 )

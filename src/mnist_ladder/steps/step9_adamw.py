@@ -52,23 +52,41 @@ STEP = Step(
     params=7_322,
     mean_final_goal=99.5,
     tried=(
-        Variant("weight-decay-0.05", "AdamW's weight decay 0.05 instead of 0.01",
-                recipe=dataclasses.replace(RECIPE, weight_decay=0.05)),
-        Variant("batch64", "batch size 64 instead of 128: twice the steps in 15 epochs",
-                recipe=dataclasses.replace(RECIPE, batch_size=64)),
-        Variant("light-augment", "half the augmentation: ±5°, ±5% shift, scale 0.95-1.05",
-                recipe=dataclasses.replace(RECIPE, augment=RECIPE.augment.scaled(0.5))),
-        Variant("clean-last-3", "no augmentation in the last 3 epochs",
-                recipe=dataclasses.replace(RECIPE, clean_last=3)),
-        Variant("label-smoothing", "label smoothing 0.1",
-                recipe=dataclasses.replace(RECIPE, label_smoothing=0.1)),
-        Variant("no-decay-on-norm", "no weight decay on BatchNorm's scale and shift and on "
-                "biases (convolution kernels only)",
-                recipe=dataclasses.replace(RECIPE, decay_norm_and_bias=False)),
-        Variant("pool-later-clean", "Step 11's design at this budget: three 3x3 convolutions "
-                "before the pool (10, 12, 16), then 12 | 16, 32, 44 (7,870 parameters), and the "
-                "last 5 epochs unaugmented",
-                build=lambda: models.pool_later_net((10, 12, 16, 12, 16, 32, 44)),
-                recipe=dataclasses.replace(RECIPE, clean_last=5)),
+        Variant(
+            "weight-decay-0.05",
+            "AdamW's weight decay 0.05 instead of 0.01",
+            recipe=dataclasses.replace(RECIPE, weight_decay=0.05),
+        ),
+        Variant(
+            "batch64",
+            "batch size 64 instead of 128: twice the steps in 15 epochs",
+            recipe=dataclasses.replace(RECIPE, batch_size=64),
+        ),
+        Variant(
+            "light-augment",
+            "half the augmentation: ±5°, ±5% shift, scale 0.95-1.05",
+            recipe=dataclasses.replace(RECIPE, augment=RECIPE.augment.scaled(0.5)),
+        ),
+        Variant(
+            "clean-last-3",
+            "no augmentation in the last 3 epochs",
+            recipe=dataclasses.replace(RECIPE, clean_last=3),
+        ),
+        Variant(
+            "label-smoothing", "label smoothing 0.1", recipe=dataclasses.replace(RECIPE, label_smoothing=0.1)
+        ),
+        Variant(
+            "no-decay-on-norm",
+            "no weight decay on BatchNorm's scale and shift and on biases (convolution kernels only)",
+            recipe=dataclasses.replace(RECIPE, decay_norm_and_bias=False),
+        ),
+        Variant(
+            "pool-later-clean",
+            "Step 11's design at this budget: three 3x3 convolutions "
+            "before the pool (10, 12, 16), then 12 | 16, 32, 44 (7,870 parameters), and the "
+            "last 5 epochs unaugmented",
+            build=lambda: models.pool_later_net((10, 12, 16, 12, 16, 32, 44)),
+            recipe=dataclasses.replace(RECIPE, clean_last=5),
+        ),
     ),
 )

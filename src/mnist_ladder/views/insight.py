@@ -102,8 +102,10 @@ def plot_kernels(model: nn.Module, path: Path | None = None, max_kernels: int = 
         ax.set_title(label, fontsize=7)
     fig.colorbar(shown, ax=axes, shrink=0.9, label="weight")
     more = f", first {len(tiles)} of {out_c * in_c}" if out_c * in_c > len(tiles) else ""
-    fig.suptitle(f"first convolution ({name}): {out_c} kernel(s) {kh}x{kw} on {in_c} input "
-                 f"channel(s){more}", fontsize=9)
+    fig.suptitle(
+        f"first convolution ({name}): {out_c} kernel(s) {kh}x{kw} on {in_c} input channel(s){more}",
+        fontsize=9,
+    )
     return _done(fig, path)
 
 
@@ -117,9 +119,12 @@ def feature_maps(model: nn.Module, image: torch.Tensor) -> tuple[Maps, torch.Ten
     """One digit through the network: every Conv2d's output ([C, H, W], caught by forward
     hooks, in the order they ran) with its name and module, and the logits."""
     caught: Maps = []
-    hooks = [conv.register_forward_hook(
-        lambda m, _inp, out, name=name: caught.append((name, m, out[0].detach().float().cpu())))
-        for name, conv in convolutions(model)]
+    hooks = [
+        conv.register_forward_hook(
+            lambda m, _inp, out, name=name: caught.append((name, m, out[0].detach().float().cpu()))
+        )
+        for name, conv in convolutions(model)
+    ]
     try:
         with _evaluating(model) as device, torch.no_grad():
             logits = model(normalize(_unit(image)[:1]).to(device))
@@ -129,8 +134,9 @@ def feature_maps(model: nn.Module, image: torch.Tensor) -> tuple[Maps, torch.Ten
     return caught, logits[0].float().cpu()
 
 
-def plot_feature_maps(model: nn.Module, image: torch.Tensor, path: Path | None = None,
-                      channels: int = 8) -> Figure:
+def plot_feature_maps(
+    model: nn.Module, image: torch.Tensor, path: Path | None = None, channels: int = 8
+) -> Figure:
     """One test digit through every convolution: a row per Conv2d with its first `channels`
     maps, each on its own symmetric scale (red: positive, blue: negative, before the ReLU
     and BatchNorm that follow), titled with the layer and the map size. A 1x1 map (after
@@ -154,8 +160,7 @@ def plot_feature_maps(model: nn.Module, image: torch.Tensor, path: Path | None =
             ax.axhline(0, color="gray", lw=0.5)
             ax.set_xticks(range(c) if c <= 32 else [])
             ax.tick_params(labelsize=6)
-            ax.set_title(label + (" (the logits)" if r == len(maps) else ""), fontsize=7,
-                         loc="left")
+            ax.set_title(label + (" (the logits)" if r == len(maps) else ""), fontsize=7, loc="left")
             continue
         for j in range(min(c, channels)):
             ax = fig.add_subplot(grid[r, j])
@@ -166,8 +171,10 @@ def plot_feature_maps(model: nn.Module, image: torch.Tensor, path: Path | None =
             if j == 0:
                 shown = f" ({channels} of {c})" if c > channels else ""
                 ax.set_title(label + shown, fontsize=7, loc="left")
-    fig.suptitle("one test digit through every convolution (each map on its own scale; "
-                 "red positive, blue negative)", fontsize=9)
+    fig.suptitle(
+        "one test digit through every convolution (each map on its own scale; red positive, blue negative)",
+        fontsize=9,
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     return _done(fig, path)
 
@@ -175,8 +182,14 @@ def plot_feature_maps(model: nn.Module, image: torch.Tensor, path: Path | None =
 # ---------------------------------------------------------------- saliency
 
 
-def saliency(model: nn.Module, images: torch.Tensor, target: torch.Tensor,
-             samples: int = 16, noise: float = 0.15, seed: int = 0) -> torch.Tensor:
+def saliency(
+    model: nn.Module,
+    images: torch.Tensor,
+    target: torch.Tensor,
+    samples: int = 16,
+    noise: float = 0.15,
+    seed: int = 0,
+) -> torch.Tensor:
     """|d logit[target] / d pixel| per image, [N, 1, 28, 28], averaged over `samples` copies
     with Gaussian noise (SmoothGrad, Smilkov et al. 2017), in [0, 1] pixel units.
 
@@ -199,8 +212,14 @@ def saliency(model: nn.Module, images: torch.Tensor, target: torch.Tensor,
     return total / samples
 
 
-def plot_saliency(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                  preds: torch.Tensor, path: Path | None = None, n: int = 10) -> Figure:
+def plot_saliency(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    preds: torch.Tensor,
+    path: Path | None = None,
+    n: int = 10,
+) -> Figure:
     """The first `n` misclassified digits (predicted != true): each digit, and under it what
     drove the wrong answer, the saliency of the wrongly predicted class over the digit."""
     wrong = (preds != labels).nonzero().flatten()[:n]
@@ -217,14 +236,18 @@ def plot_saliency(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         for j, i in enumerate(wrong.tolist()):
             digit = x[j, 0].numpy()
             axes[0, j].imshow(digit, cmap="gray_r")
-            axes[0, j].set_title(f"pred {int(preds[i])} (true {int(labels[i])})", fontsize=7,
-                                 color="firebrick")
+            axes[0, j].set_title(
+                f"pred {int(preds[i])} (true {int(labels[i])})", fontsize=7, color="firebrick"
+            )
             heat = maps[j, 0] / (maps[j, 0].max() or 1.0)
             axes[1, j].imshow(digit, cmap="gray")
             axes[1, j].imshow(heat.numpy(), cmap="inferno", alpha=0.65, vmin=0, vmax=1)
             axes[1, j].set_title(f"what says {int(preds[i])}", fontsize=7)
-    fig.suptitle(f"{int((preds != labels).sum())} misclassified: saliency of the wrong class "
-                 "(|gradient| of its score per pixel, SmoothGrad; bright = strong)", fontsize=8)
+    fig.suptitle(
+        f"{int((preds != labels).sum())} misclassified: saliency of the wrong class "
+        "(|gradient| of its score per pixel, SmoothGrad; bright = strong)",
+        fontsize=8,
+    )
     fig.tight_layout()
     return _done(fig, path)
 
@@ -235,12 +258,16 @@ def plot_saliency(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 def receptive_fields(model: nn.Module) -> list[tuple[str, Field]]:
     """The layers that widen what a unit sees (a window over 1 pixel: 3x3 convolutions,
     pooling, global pooling), each with its field, from the layer table's own computation."""
-    return [(f"{r.index} {r.name} {r.field.kernel}x{r.field.kernel}", r.field)
-            for r in layer_rows(model) if r.field.kernel > 1]
+    return [
+        (f"{r.index} {r.name} {r.field.kernel}x{r.field.kernel}", r.field)
+        for r in layer_rows(model)
+        if r.field.kernel > 1
+    ]
 
 
-def plot_receptive_field(model: nn.Module, path: Path | None = None,
-                         image: torch.Tensor | None = None) -> Figure:
+def plot_receptive_field(
+    model: nn.Module, path: Path | None = None, image: torch.Tensor | None = None
+) -> Figure:
     """How much of the 28x28 input one unit sees, layer by layer: a panel per layer that
     widens the field, the centre unit's field filled over the digit and the earlier ones
     outlined inside it (a field larger than the input reaches into the padding)."""
@@ -252,9 +279,13 @@ def plot_receptive_field(model: nn.Module, path: Path | None = None,
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    reach = max([SPATIAL / 2] + [max(abs(f.centre_unit() - f.rf / 2 - SPATIAL / 2),
-                                     abs(f.centre_unit() + f.rf / 2 - SPATIAL / 2))
-                                 for _, f in found])
+    reach = max(
+        [SPATIAL / 2]
+        + [
+            max(abs(f.centre_unit() - f.rf / 2 - SPATIAL / 2), abs(f.centre_unit() + f.rf / 2 - SPATIAL / 2))
+            for _, f in found
+        ]
+    )
     colours = matplotlib.colormaps["viridis"]
     for i, (ax, (label, f)) in enumerate(zip(axes.flat, found, strict=False)):
         ax.imshow(digit, cmap="gray_r", extent=(0, SPATIAL, SPATIAL, 0))
@@ -262,15 +293,27 @@ def plot_receptive_field(model: nn.Module, path: Path | None = None,
         for k, (_, g) in enumerate(found[: i + 1]):  # the field so far, nested squares
             c = g.centre_unit() - g.rf / 2
             last = k == i
-            ax.add_patch(Rectangle((c, c), g.rf, g.rf, fill=last, alpha=0.35 if last else 1,
-                                   color=colours(k / max(1, len(found) - 1)),
-                                   lw=1.5 if last else 0.6))
+            ax.add_patch(
+                Rectangle(
+                    (c, c),
+                    g.rf,
+                    g.rf,
+                    fill=last,
+                    alpha=0.35 if last else 1,
+                    color=colours(k / max(1, len(found) - 1)),
+                    lw=1.5 if last else 0.6,
+                )
+            )
         ax.set_xlim(SPATIAL / 2 - reach - 0.5, SPATIAL / 2 + reach + 0.5)
         ax.set_ylim(SPATIAL / 2 + reach + 0.5, SPATIAL / 2 - reach - 0.5)
-        ax.set_title(f"{label}\nRF {f.rf}x{f.rf} ({100 * min(f.rf, SPATIAL) ** 2 / SPATIAL ** 2:.0f}%"
-                     " of the input)", fontsize=7)
-    fig.suptitle("receptive field: how much of the 28x28 input one unit sees (the centre unit), "
-                 "layer by layer", fontsize=9)
+        ax.set_title(
+            f"{label}\nRF {f.rf}x{f.rf} ({100 * min(f.rf, SPATIAL) ** 2 / SPATIAL**2:.0f}% of the input)",
+            fontsize=7,
+        )
+    fig.suptitle(
+        "receptive field: how much of the 28x28 input one unit sees (the centre unit), layer by layer",
+        fontsize=9,
+    )
     fig.tight_layout()
     return _done(fig, path)
 
@@ -278,8 +321,14 @@ def plot_receptive_field(model: nn.Module, path: Path | None = None,
 # ---------------------------------------------------------------- all four
 
 
-def write_figures(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                  preds: torch.Tensor, folder: Path, prefix: str = "") -> dict[str, Path]:
+def write_figures(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    preds: torch.Tensor,
+    folder: Path,
+    prefix: str = "",
+) -> dict[str, Path]:
     """The four figures into `folder` as PREFIXkernels.png, PREFIXfeature-maps.png (the first
     image), PREFIXsaliency.png and PREFIXreceptive-field.png (on the first image). A model
     without a convolution is a ValueError."""

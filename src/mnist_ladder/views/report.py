@@ -85,8 +85,13 @@ class StepResults:
         return f"{self.protocol}-{self.epochs}ep" if short else self.protocol
 
     def side(self) -> comparison.Side:
-        return comparison.Side(self.step.name, self.step.params, self.step.recipe, self.protocol,
-                            {r.row.seed: r.epochs for r in self.runs})
+        return comparison.Side(
+            self.step.name,
+            self.step.params,
+            self.step.recipe,
+            self.protocol,
+            {r.row.seed: r.epochs for r in self.runs},
+        )
 
     def stat(self, attr: str) -> tuple[float, float, float]:
         vals = [getattr(r, attr) for r in self.runs]
@@ -111,19 +116,24 @@ def gather(stores, ladder: Catalog, skipped: list[str]) -> dict[tuple[str, str],
     known = set(ladder.steps)
     for row in stores.runs():
         if row.step.partition(".")[0] not in known:
-            why = ("a searched architecture (see `ladder sweep report`)" if row.step.startswith("trial-")
-                   else f"step {row.step!r} is not defined in this version")
+            why = (
+                "a searched architecture (see `ladder sweep report`)"
+                if row.step.startswith("trial-")
+                else f"step {row.step!r} is not defined in this version"
+            )
             skipped.append(f"{row.id}: {why}")
     for step in ladder:
         for s in run_sets(stores, step, skipped):
             if s.protocol == "val-only":
                 continue  # design runs: see gather_tried
             if ":" in s.protocol:  # runs on data subsets are checks, not results
-                skipped += [f"{row.id}: trained on a data subset ({s.protocol})"
-                            for row, _ in s.runs.values()]
+                skipped += [
+                    f"{row.id}: trained on a data subset ({s.protocol})" for row, _ in s.runs.values()
+                ]
                 continue
-            res = StepResults(step, s.protocol, [SeedRun(row, e) for _, (row, e)
-                                                 in sorted(s.runs.items())], s.epochs)
+            res = StepResults(
+                step, s.protocol, [SeedRun(row, e) for _, (row, e) in sorted(s.runs.items())], s.epochs
+            )
             out[(step.name, res.label)] = res
     return out
 
@@ -144,15 +154,19 @@ class Tried:
         n = len(self.curves)
         change = self.change.replace("|", "\\|")  # a table cell: a bare | would split it
         if n == 0:
-            return (f"| `{self.step.name}` | {change} | {self.step.params:,} | 0 | "
-                    "not in this store | - | - | - |")
+            return (
+                f"| `{self.step.name}` | {change} | {self.step.params:,} | 0 | "
+                "not in this store | - | - | - |"
+            )
         finals = [c[-1] for c in self.curves]
         last = [statistics.fmean(c[-LAST:]) for c in self.curves]
         holding = sum(all(v >= TARGET for v in c[-LAST:]) for c in self.curves)
         delta = "-" if reference is None or self.step.parent is None else f"{self.final - reference:+.2f}"
-        return (f"| `{self.step.name}` | {change} | {self.step.params:,} | {n} | "
-                f"{fmt(self.final, statistics.pstdev(finals), n)} "
-                f"({min(finals):.2f}) | {delta} | {statistics.fmean(last):.2f} | {holding}/{n} |")
+        return (
+            f"| `{self.step.name}` | {change} | {self.step.params:,} | {n} | "
+            f"{fmt(self.final, statistics.pstdev(finals), n)} "
+            f"({min(finals):.2f}) | {delta} | {statistics.fmean(last):.2f} | {holding}/{n} |"
+        )
 
 
 def gather_tried(store, ladder: Catalog, skipped: list[str]) -> dict[str, list[Tried]]:
@@ -170,8 +184,7 @@ def gather_tried(store, ladder: Catalog, skipped: list[str]) -> dict[str, list[T
         if row.effective_status != "finished":
             skipped.append(f"{row.id}: {row.effective_status}, not finished")
         elif not step.recipe.matches(row.recipe) or row.params != step.params:
-            skipped.append(f"{row.id}: model or recipe differs from {row.step}'s current "
-                           "definition")
+            skipped.append(f"{row.id}: model or recipe differs from {row.step}'s current definition")
         else:
             latest[(row.step, row.seed)] = row
     for (name, _seed), row in sorted(latest.items(), key=lambda kv: kv[0]):
@@ -188,25 +201,39 @@ def gather_tried(store, ladder: Catalog, skipped: list[str]) -> dict[str, list[T
         for v in step.tried:
             name = f"{parent}.{v.name}"
             out.setdefault(parent, {}).setdefault(name, Tried(ladder.get(name), v.change))
-    return {parent: sorted(t.values(), key=lambda t: (t.step.parent is not None, not t.curves,
-                                                      t.step.name))
-            for parent, t in out.items()}
+    return {
+        parent: sorted(t.values(), key=lambda t: (t.step.parent is not None, not t.curves, t.step.name))
+        for parent, t in out.items()
+    }
 
 
 def tried_section(tried: list[Tried]) -> list[str]:
     own = [t for t in tried if t.step.parent is None and t.curves]
     reference = own[0].final if own else None
     absent = [t for t in tried if not t.curves]
-    return ["", "### What was tried", "",
-            "Design runs on the validation protocol (train on the first 50,000, validate on the "
-            "last 10,000; the test set never evaluated), 15 epochs, "
-            "`ladder run STEP.VARIANT --val-only --seed N`:", "",
-            "| run as | change | parameters | seeds | final val (min) | vs the step "
-            f"| mean of last 3 | seeds ≥ {TARGET} in each of the last {LAST} |",
-            "|---|---|---|---|---|---|---|---|", *(t.row(reference) for t in tried), "",
-            *([f"{len(absent)} of these have no runs in this store: the analysis above may "
-               "describe them from an earlier store; the command above measures them again.", ""]
-              if absent else [])]
+    return [
+        "",
+        "### What was tried",
+        "",
+        "Design runs on the validation protocol (train on the first 50,000, validate on the "
+        "last 10,000; the test set never evaluated), 15 epochs, "
+        "`ladder run STEP.VARIANT --val-only --seed N`:",
+        "",
+        "| run as | change | parameters | seeds | final val (min) | vs the step "
+        f"| mean of last 3 | seeds ≥ {TARGET} in each of the last {LAST} |",
+        "|---|---|---|---|---|---|---|---|",
+        *(t.row(reference) for t in tried),
+        "",
+        *(
+            [
+                f"{len(absent)} of these have no runs in this store: the analysis above may "
+                "describe them from an earlier store; the command above measures them again.",
+                "",
+            ]
+            if absent
+            else []
+        ),
+    ]
 
 
 # ---------------------------------------------------------------- figures
@@ -219,23 +246,34 @@ def plot_curves(res: StepResults, path: Path) -> None:
     """Loss and accuracy, train and test, and the learning rate, per epoch: mean and band over
     seeds, the 99.4% line on the test accuracy, and where a clean finish starts."""
     fig, axes = plt.subplots(2, 3, figsize=(14, 7))
-    panels = [("train_loss", "Train loss"), ("test_loss", "Test loss"), ("lr", "Learning rate"),
-              ("train_acc", "Train accuracy (%)"), ("test_acc", "Test accuracy (%)")]
+    panels = [
+        ("train_loss", "Train loss"),
+        ("test_loss", "Test loss"),
+        ("lr", "Learning rate"),
+        ("train_acc", "Train accuracy (%)"),
+        ("test_acc", "Test accuracy (%)"),
+    ]
     clean = res.step.recipe.clean_last
     for ax, (key, title) in zip(axes.flat, panels, strict=False):
         curves = torch.tensor([r.series(key) for r in res.runs], dtype=torch.float64)
         x = range(1, curves.shape[1] + 1)
         ax.plot(x, curves.mean(0).tolist(), label=f"mean of {len(res.runs)} seed(s)")
         if len(res.runs) > 1 and key != "lr":
-            ax.fill_between(x, curves.min(0).values.tolist(), curves.max(0).values.tolist(), alpha=0.25,
-                            label="min-max over seeds")
+            ax.fill_between(
+                x,
+                curves.min(0).values.tolist(),
+                curves.max(0).values.tolist(),
+                alpha=0.25,
+                label="min-max over seeds",
+            )
         if key == "test_acc":
             if res.step.seed:
                 ax.plot(x, res.step.seed.test_curve[: len(x)], "k--", lw=1, label="seed document")
             ax.axhline(TARGET, color="r", lw=0.8, ls=":", label=f"{TARGET}%")
         if clean and len(x) > clean:
-            ax.axvline(len(x) - clean + 0.5, color="gray", lw=0.8, ls="--",
-                       label=f"clean finish (last {clean})")
+            ax.axvline(
+                len(x) - clean + 0.5, color="gray", lw=0.8, ls="--", label=f"clean finish (last {clean})"
+            )
         ax.set_title(title + (" (at each epoch's start)" if key == "lr" else ""))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -250,6 +288,7 @@ def plot_curves(res: StepResults, path: Path) -> None:
 def trained_model(weights: Path, step: steps.Step) -> torch.nn.Module:
     """The step's network with a run's final weights, in eval mode."""
     from ..runs.experiment import load_checkpoint
+
     model = step.build()
     model.load_state_dict(load_checkpoint(weights)["state_dict"])
     return model.eval()
@@ -257,11 +296,13 @@ def trained_model(weights: Path, step: steps.Step) -> torch.nn.Module:
 
 def predictions(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     from ..engine.train import normalize, predict, to_unit
+
     return predict(model, normalize(to_unit(images))).argmax(1)
 
 
-def plot_misclassified(pred: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
-                       title: str, path: Path, n: int = 40) -> int:
+def plot_misclassified(
+    pred: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, title: str, path: Path, n: int = 40
+) -> int:
     wrong = (pred != labels).nonzero().flatten()
     cols = 10
     rows = max(1, math.ceil(min(n, len(wrong)) / cols))
@@ -271,8 +312,11 @@ def plot_misclassified(pred: torch.Tensor, images: torch.Tensor, labels: torch.T
     for ax, i in zip(axes.flat, wrong[:n].tolist(), strict=False):
         ax.imshow(images[i].numpy(), cmap="gray_r")
         ax.set_title(f"{pred[i].item()} (true {labels[i].item()})", fontsize=7, color="firebrick")
-    fig.suptitle(f"{title}: {len(wrong)} of {len(labels)} test images misclassified "
-                 f"(first {min(n, len(wrong))}: predicted, true)", fontsize=9)
+    fig.suptitle(
+        f"{title}: {len(wrong)} of {len(labels)} test images misclassified "
+        f"(first {min(n, len(wrong))}: predicted, true)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -288,8 +332,15 @@ def plot_confusion(pred: torch.Tensor, labels: torch.Tensor, title: str, path: P
     dark = off.max().item() / 2  # counts on dark cells are written in white
     for t in range(10):
         for p in range(10):
-            ax.text(p, t, str(cm[t, p].item()), ha="center", va="center", fontsize=7,
-                    color="gray" if t == p else "white" if off[t, p] > dark else "black")
+            ax.text(
+                p,
+                t,
+                str(cm[t, p].item()),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="gray" if t == p else "white" if off[t, p] > dark else "black",
+            )
     ax.set_xticks(range(10))
     ax.set_yticks(range(10))
     ax.set_xlabel("predicted")
@@ -316,22 +367,40 @@ def plot_params_vs_accuracy(results: list[StepResults], path: Path) -> None:
     scale, where the whole ladder's axes crowd it: the steps under the 8,000 budget within
     0.2 points of 99.4, the best of them for their size joined by a line."""
     from matplotlib.ticker import FuncFormatter
+
     fig, (ax, zoom) = plt.subplots(1, 2, figsize=(13, 5.5), width_ratios=(3, 2))
     colours = plt.get_cmap("tab20").colors
     readable = FuncFormatter(
-        lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}k" if v >= 1e3 else f"{v:g}")
-    frontier = [(i, r) for i, r in enumerate(results)
-                if r.step.params < BUDGET and r.stat("final_test")[0] >= TARGET - 0.2]
+        lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}k" if v >= 1e3 else f"{v:g}"
+    )
+    frontier = [
+        (i, r)
+        for i, r in enumerate(results)
+        if r.step.params < BUDGET and r.stat("final_test")[0] >= TARGET - 0.2
+    ]
     for axes, shown in ((ax, list(enumerate(results))), (zoom, frontier)):
         same_size: dict[int, int] = {}  # steps with one parameter count: labels stacked apart
         for i, res in shown:
             mean, std, _ = res.stat("final_test")
             colour = colours[i % len(colours)]
-            axes.errorbar(res.step.params, mean, yerr=std, fmt="o", capsize=3, color=colour,
-                          label=f"{res.step.name} ({res.step.params:,})")
+            axes.errorbar(
+                res.step.params,
+                mean,
+                yerr=std,
+                fmt="o",
+                capsize=3,
+                color=colour,
+                label=f"{res.step.name} ({res.step.params:,})",
+            )
             k = same_size[res.step.params] = same_size.get(res.step.params, -1) + 1
-            axes.annotate(res.step.name, (res.step.params, mean), textcoords="offset points",
-                          xytext=(8, -4 + 10 * k), fontsize=8, color=colour)
+            axes.annotate(
+                res.step.name,
+                (res.step.params, mean),
+                textcoords="offset points",
+                xytext=(8, -4 + 10 * k),
+                fontsize=8,
+                color=colour,
+            )
         axes.axhline(TARGET, color="r", lw=0.8, ls=":")
         axes.grid(alpha=0.3, which="both")
         axes.xaxis.set_major_formatter(readable)
@@ -344,12 +413,10 @@ def plot_params_vs_accuracy(results: list[StepResults], path: Path) -> None:
     best = pareto_front([(r.step.params, r.stat("final_test")[0]) for _, r in frontier])
     if best:
         zoom.plot(*zip(*best, strict=True), color="gray", lw=0.8, zorder=0)
-    zoom.set_title(f"the frontier: under {BUDGET:,} parameters, within 0.2 of {TARGET}",
-                   fontsize=10)
+    zoom.set_title(f"the frontier: under {BUDGET:,} parameters, within 0.2 of {TARGET}", fontsize=10)
     zoom.set_xlabel("parameters")
     if not frontier:
-        zoom.text(0.5, 0.5, "no step near the target yet", ha="center",
-                  transform=zoom.transAxes)
+        zoom.text(0.5, 0.5, "no step near the target yet", ha="center", transform=zoom.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -366,44 +433,61 @@ def observations(res: StepResults, prev: StepResults | None) -> list[str]:
     gap = train - best
     out = []
     if gap > 0.3:
-        out.append(f"Over-fitting: best train accuracy {train:.2f} is {gap:.2f} points above "
-                   f"best test accuracy {best:.2f}.")
+        out.append(
+            f"Over-fitting: best train accuracy {train:.2f} is {gap:.2f} points above "
+            f"best test accuracy {best:.2f}."
+        )
     elif gap < -0.1:
-        out.append(f"Under-fitting: best train accuracy {train:.2f} is {-gap:.2f} points below "
-                   f"best test accuracy {best:.2f}; the training data is harder than the test data "
-                   "or the regularization strong.")
+        out.append(
+            f"Under-fitting: best train accuracy {train:.2f} is {-gap:.2f} points below "
+            f"best test accuracy {best:.2f}; the training data is harder than the test data "
+            "or the regularization strong."
+        )
     else:
-        out.append(f"Train and test accuracy are close ({train:.2f} vs {best:.2f}): "
-                   "no clear over- or under-fitting.")
+        out.append(
+            f"Train and test accuracy are close ({train:.2f} vs {best:.2f}): no clear over- or under-fitting."
+        )
     goal = res.step.mean_final_goal
     if goal is not None:  # this step's target is a mean, not 99.4 held
-        out.append(f"Target {'met' if final >= goal else 'missed'}: mean final test accuracy "
-                   f"{final:.2f} over {n} seed(s), for a goal of ≥ {goal}.")
+        out.append(
+            f"Target {'met' if final >= goal else 'missed'}: mean final test accuracy "
+            f"{final:.2f} over {n} seed(s), for a goal of ≥ {goal}."
+        )
     held = "Target met" if goal is None else f"{TARGET} held"
     holding = res.seeds_holding
     if holding == n:
-        out.append(f"{held}: test accuracy ≥ {TARGET} in each of the last {LAST} epochs "
-                   f"for all {n} seed(s).")
+        out.append(f"{held}: test accuracy ≥ {TARGET} in each of the last {LAST} epochs for all {n} seed(s).")
     elif holding:
-        out.append(f"{held} by {holding} of {n} seeds (≥ {TARGET} in each of the last {LAST} "
-                   "epochs); not reliably held.")
+        out.append(
+            f"{held} by {holding} of {n} seeds (≥ {TARGET} in each of the last {LAST} "
+            "epochs); not reliably held."
+        )
     else:
         touched = sum(r.first_at_target is not None for r in res.runs)
         missed = "Target missed" if goal is None else f"{TARGET} not held"
-        out.append(f"{missed}: no seed holds {TARGET} over the last {LAST} epochs"
-                   + (f" ({touched} of {n} touched it at least once)." if touched else "."))
+        out.append(
+            f"{missed}: no seed holds {TARGET} over the last {LAST} epochs"
+            + (f" ({touched} of {n} touched it at least once)." if touched else ".")
+        )
     if n > 1:  # the seeds' mean curve: a target can be "for the mean" as well as per seed
-        mean_last = [statistics.fmean(vals) for vals in
-                     zip(*(r.series("test_acc")[-LAST:] for r in res.runs), strict=True)]
+        mean_last = [
+            statistics.fmean(vals)
+            for vals in zip(*(r.series("test_acc")[-LAST:] for r in res.runs), strict=True)
+        ]
         verdict = ("≥" if min(mean_last) >= TARGET else "below") + f" {TARGET}"
-        out.append(f"Mean of the {n} seeds in each of the last {LAST} epochs: "
-                   + ", ".join(f"{v:.2f}" for v in mean_last)
-                   + f" ({verdict} in {'each' if min(mean_last) >= TARGET else 'at least one'}).")
-    spread = statistics.fmean(max(r.series("test_acc")[-LAST:]) - min(r.series("test_acc")[-LAST:])
-                              for r in res.runs)
-    out.append(f"Stability: the last {LAST} epochs' test accuracy moves by {spread:.2f} points "
-               f"on average within a seed; the final accuracy varies by ± {final_std:.2f} across "
-               "seeds.")
+        out.append(
+            f"Mean of the {n} seeds in each of the last {LAST} epochs: "
+            + ", ".join(f"{v:.2f}" for v in mean_last)
+            + f" ({verdict} in {'each' if min(mean_last) >= TARGET else 'at least one'})."
+        )
+    spread = statistics.fmean(
+        max(r.series("test_acc")[-LAST:]) - min(r.series("test_acc")[-LAST:]) for r in res.runs
+    )
+    out.append(
+        f"Stability: the last {LAST} epochs' test accuracy moves by {spread:.2f} points "
+        f"on average within a seed; the final accuracy varies by ± {final_std:.2f} across "
+        "seeds."
+    )
     if prev is not None:
         out.append(versus(prev, res))
     return out
@@ -415,13 +499,15 @@ def versus(prev: StepResults, res: StepResults) -> str:
     c = comparison.compare(prev.side(), res.side())
     a = statistics.fmean(c.a_values.values())
     b = statistics.fmean(c.b_values.values())
-    where = ("final test accuracy" if c.epoch == res.epochs == prev.epochs
-             else f"test accuracy at epoch {c.epoch}")
-    diff = (f"{c.interval.diff:+.2f} ± {c.interval.half_width:.2f}" if c.interval
-            else f"{b - a:+.2f}")
-    return (f"Versus {prev.step.name}: {res.step.params - prev.step.params:+,} parameters, "
-            f"{where} {diff} points ({a:.2f} → {b:.2f}; ± is the 95% interval over seeds): "
-            f"{c.verdict}.")
+    where = (
+        "final test accuracy" if c.epoch == res.epochs == prev.epochs else f"test accuracy at epoch {c.epoch}"
+    )
+    diff = f"{c.interval.diff:+.2f} ± {c.interval.half_width:.2f}" if c.interval else f"{b - a:+.2f}"
+    return (
+        f"Versus {prev.step.name}: {res.step.params - prev.step.params:+,} parameters, "
+        f"{where} {diff} points ({a:.2f} → {b:.2f}; ± is the 95% interval over seeds): "
+        f"{c.verdict}."
+    )
 
 
 def first_test_line(step: steps.Step, first: RunRow) -> str:
@@ -438,33 +524,52 @@ def first_test_line(step: steps.Step, first: RunRow) -> str:
 
 SEES = {  # insight.FIGURES, each with what it shows: one line under its heading
     "kernels": "The first convolution's kernels, the filters laid on the raw pixels (red "
-               "positive, blue negative weights, on one scale): small stroke and edge detectors.",
+    "positive, blue negative weights, on one scale): small stroke and edge detectors.",
     "feature-maps": "The first test digit through every convolution, a row per layer (its first "
-                    "maps, each on its own scale): strokes at full resolution, then coarser "
-                    "maps of parts, then the ten class scores.",
+    "maps, each on its own scale): strokes at full resolution, then coarser "
+    "maps of parts, then the ten class scores.",
     "saliency": "What drove the wrong answers: for the first misclassified test digits, the "
-                "pixels whose change moves the wrongly predicted class's score most "
-                "(|gradient|, averaged over noisy copies: SmoothGrad).",
+    "pixels whose change moves the wrongly predicted class's score most "
+    "(|gradient|, averaged over noisy copies: SmoothGrad).",
     "receptive-field": "The receptive field, layer by layer: the square of the 28x28 input that "
-                       "one unit at the centre sees (the RF column of the layer table, drawn).",
+    "one unit at the centre sees (the RF column of the layer table, drawn).",
 }
 
 
-def sees_section(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                 pred: torch.Tensor, figs: Path, rel: str, name: str, tag: str,
-                 seed: int) -> list[str]:
+def sees_section(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    pred: torch.Tensor,
+    figs: Path,
+    rel: str,
+    name: str,
+    tag: str,
+    seed: int,
+) -> list[str]:
     """The four figures of what the network sees (insight.py), each with a line saying what."""
     paths = insight.write_figures(model, images, labels, pred, figs, prefix=f"{tag}-")
-    lines = ["", "### What the network sees", "",
-             f"Seed {seed}'s final model, the one above, seen from inside."]
+    lines = [
+        "",
+        "### What the network sees",
+        "",
+        f"Seed {seed}'s final model, the one above, seen from inside.",
+    ]
     for key in insight.FIGURES:
         lines += ["", SEES[key], "", f"![{name} {key}]({rel}/{paths[key].name})"]
     return lines
 
 
-def step_section(res: StepResults, prev: StepResults | None, figs: Path, rel: str,
-                 mnist_test: tuple[torch.Tensor, torch.Tensor] | None, store: Stores | None,
-                 skipped: list[str], tried: list[Tried] | None = None) -> list[str]:
+def step_section(
+    res: StepResults,
+    prev: StepResults | None,
+    figs: Path,
+    rel: str,
+    mnist_test: tuple[torch.Tensor, torch.Tensor] | None,
+    store: Stores | None,
+    skipped: list[str],
+    tried: list[Tried] | None = None,
+) -> list[str]:
     s, n = res.step, len(res.runs)
     seeds = ", ".join(str(r.row.seed) for r in res.runs)
     lines = [f"## {s.name}: {s.title}", "", "### Target", ""]
@@ -475,22 +580,29 @@ def step_section(res: StepResults, prev: StepResults | None, figs: Path, rel: st
     firsts = [r.first_at_target for r in res.runs]
     first = ", ".join(str(f) if f else "never" for f in firsts)
     held = ", ".join(f"{r.last_held}/{LAST}" for r in res.runs)
-    best_label = ("Test accuracy at the best validation epoch" if res.protocol == "val"
-                  else "Best test accuracy")
-    lines += ["", "### Results", "",
-              f"Protocol: **{res.protocol}**, {res.epochs} epochs; {n} seed(s) ({seeds}); "
-              "mean ± std over seeds.", "",
-              f"- Parameters: {s.params:,}",
-              f"- Best training accuracy: {fmt(train, train_std, n)}",
-              f"- {best_label}: {fmt(best, best_std, n)} (min {best_min:.2f})",
-              f"- Final test accuracy (epoch {res.runs[0].epochs[-1]['epoch']}): "
-              f"{fmt(final, final_std, n)} (min {final_min:.2f})",
-              f"- First epoch at ≥ {TARGET}, per seed: {first}",
-              f"- Of the last {LAST} epochs at ≥ {TARGET}, per seed: {held}"]
+    best_label = (
+        "Test accuracy at the best validation epoch" if res.protocol == "val" else "Best test accuracy"
+    )
+    lines += [
+        "",
+        "### Results",
+        "",
+        f"Protocol: **{res.protocol}**, {res.epochs} epochs; {n} seed(s) ({seeds}); mean ± std over seeds.",
+        "",
+        f"- Parameters: {s.params:,}",
+        f"- Best training accuracy: {fmt(train, train_std, n)}",
+        f"- {best_label}: {fmt(best, best_std, n)} (min {best_min:.2f})",
+        f"- Final test accuracy (epoch {res.runs[0].epochs[-1]['epoch']}): "
+        f"{fmt(final, final_std, n)} (min {final_min:.2f})",
+        f"- First epoch at ≥ {TARGET}, per seed: {first}",
+        f"- Of the last {LAST} epochs at ≥ {TARGET}, per seed: {held}",
+    ]
     if s.seed:
-        lines.append(f"- The seed document's run: best test {max(s.seed.test_curve):.2f}, "
-                     f"final {s.seed.test_curve[-1]:.2f}"
-                     + (f", best train {s.seed.best_train:.2f}" if s.seed.best_train else ""))
+        lines.append(
+            f"- The seed document's run: best test {max(s.seed.test_curve):.2f}, "
+            f"final {s.seed.test_curve[-1]:.2f}"
+            + (f", best train {s.seed.best_train:.2f}" if s.seed.best_train else "")
+        )
     if s.seed is None and store is not None and (first := first_test_run(store, s)):
         lines.append(first_test_line(s, first))
     lines += ["", "### Analysis", ""]
@@ -503,21 +615,28 @@ def step_section(res: StepResults, prev: StepResults | None, figs: Path, rel: st
     lines += ["", f"![{s.name} curves]({rel}/{tag}-curves.png)"]
     # The first seed whose final weights are at hand (its run folder on this machine, or the
     # store's copy): weights over the store's size limit (Step 0's) exist only where a seed ran.
-    run, weights = next(((r, w) for r in res.runs
-                         if store is not None and (w := weights_file(r.row, store)) is not None),
-                        (res.runs[0], None))
+    run, weights = next(
+        ((r, w) for r in res.runs if store is not None and (w := weights_file(r.row, store)) is not None),
+        (res.runs[0], None),
+    )
     if mnist_test is None:
-        skipped.append(f"{tag}: misclassified digits, confusion matrix and what the network "
-                       "sees (MNIST not available)")
+        skipped.append(
+            f"{tag}: misclassified digits, confusion matrix and what the network sees (MNIST not available)"
+        )
     elif weights is None:
-        skipped.append(f"{tag}: misclassified digits, confusion matrix and what the network sees "
-                       f"(no weights: no seed's run folder holds its model.pt, e.g. "
-                       f"{run.row.run_dir}, and the store has none)")
+        skipped.append(
+            f"{tag}: misclassified digits, confusion matrix and what the network sees "
+            f"(no weights: no seed's run folder holds its model.pt, e.g. "
+            f"{run.row.run_dir}, and the store has none)"
+        )
         if s.params * 4 > STORE_WEIGHTS_MAX_BYTES:  # kept out of the committed store on purpose
-            lines += ["", f"{s.name}'s final weights ({s.params * 4 / 1e6:.0f} MB) are kept out of "
-                      "the results store, so its misclassified digits, confusion matrix and "
-                      f"figures of what it sees need a local run: `ladder run {s.name} --seed "
-                      f"{run.row.seed}`, then `ladder report`."]
+            lines += [
+                "",
+                f"{s.name}'s final weights ({s.params * 4 / 1e6:.0f} MB) are kept out of "
+                "the results store, so its misclassified digits, confusion matrix and "
+                f"figures of what it sees need a local run: `ladder run {s.name} --seed "
+                f"{run.row.seed}`, then `ladder report`.",
+            ]
     else:
         images, labels = mnist_test
         model = trained_model(weights, s)
@@ -525,40 +644,63 @@ def step_section(res: StepResults, prev: StepResults | None, figs: Path, rel: st
         title = f"{s.name}, seed {run.row.seed}"
         wrong = plot_misclassified(pred, images, labels, title, figs / f"{tag}-misclassified.png")
         plot_confusion(pred, labels, title, figs / f"{tag}-confusion.png")
-        lines += ["", f"Misclassified test digits of seed {run.row.seed}'s final model "
-                      f"({wrong} of {len(labels)}), and its confusion matrix:", "",
-                  f"![{s.name} misclassified]({rel}/{tag}-misclassified.png)", "",
-                  f"![{s.name} confusion]({rel}/{tag}-confusion.png)"]
+        lines += [
+            "",
+            f"Misclassified test digits of seed {run.row.seed}'s final model "
+            f"({wrong} of {len(labels)}), and its confusion matrix:",
+            "",
+            f"![{s.name} misclassified]({rel}/{tag}-misclassified.png)",
+            "",
+            f"![{s.name} confusion]({rel}/{tag}-confusion.png)",
+        ]
         if insight.convolutions(model):
-            lines += sees_section(model, images, labels, pred, figs, rel, s.name, tag,
-                                  run.row.seed)
+            lines += sees_section(model, images, labels, pred, figs, rel, s.name, tag, run.row.seed)
         else:  # a step of the user's may be any network
             skipped.append(f"{tag}: what the network sees (it has no convolution)")
-    lines += ["", "<details><summary>Layers and receptive field</summary>", "", "```",
-              summary_table(s.build()), "```", "", "</details>", ""]
+    lines += [
+        "",
+        "<details><summary>Layers and receptive field</summary>",
+        "",
+        "```",
+        summary_table(s.build()),
+        "```",
+        "",
+        "</details>",
+        "",
+    ]
     return lines
 
 
 def overview(results: list[StepResults]) -> list[str]:
-    lines = ["| step | protocol | parameters | seeds | best test | final test (min) "
-             f"| seeds holding ≥ {TARGET} (last {LAST}) | seed doc best / final | wall time |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| step | protocol | parameters | seeds | best test | final test (min) "
+        f"| seeds holding ≥ {TARGET} (last {LAST}) | seed doc best / final | wall time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for res in results:
         n = len(res.runs)
         best, best_std, _ = res.stat("best_test")
         final, final_std, final_min = res.stat("final_test")
-        doc = (f"{max(res.step.seed.test_curve):.2f} / {res.step.seed.test_curve[-1]:.2f}"
-               if res.step.seed else "-")
+        doc = (
+            f"{max(res.step.seed.test_curve):.2f} / {res.step.seed.test_curve[-1]:.2f}"
+            if res.step.seed
+            else "-"
+        )
         wall = statistics.fmean(r.row.wall_seconds or 0 for r in res.runs)
-        lines.append(f"| {res.step.name} | {res.label} | {res.step.params:,} | {n} | "
-                     f"{fmt(best, best_std, n)} | {fmt(final, final_std, n)} ({final_min:.2f}) | "
-                     f"{res.seeds_holding}/{n} | {doc} | {wall:.0f} s |")
+        lines.append(
+            f"| {res.step.name} | {res.label} | {res.step.params:,} | {n} | "
+            f"{fmt(best, best_std, n)} | {fmt(final, final_std, n)} ({final_min:.2f}) | "
+            f"{res.seeds_holding}/{n} | {doc} | {wall:.0f} s |"
+        )
     return lines
 
 
-def write_report(db: Path | list[Path], out: Path,
-                 mnist_test: tuple[torch.Tensor, torch.Tensor] | None,
-                 ladder: Catalog | None = None) -> tuple[Path, list[str]]:
+def write_report(
+    db: Path | list[Path],
+    out: Path,
+    mnist_test: tuple[torch.Tensor, torch.Tensor] | None,
+    ladder: Catalog | None = None,
+) -> tuple[Path, list[str]]:
     """Write `out` (REPORT.md) and its figures beside it in `report/`, from one store or
     several read as one; returns what was skipped.
 
@@ -569,8 +711,7 @@ def write_report(db: Path | list[Path], out: Path,
     paths = [Path(p) for p in ([db] if isinstance(db, str | Path) else db)]
     ladder = ladder or Catalog({})
     if not any(p.is_file() for p in paths):
-        raise ReportError("no results store at " + " or ".join(str(p) for p in paths)
-                          + "; nothing written")
+        raise ReportError("no results store at " + " or ".join(str(p) for p in paths) + "; nothing written")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)  # a --report-path in a folder not made yet
     figs = out.parent / "report"
@@ -600,36 +741,56 @@ def _figures(report_text: str) -> set[str]:
     return set(re.findall(r"\]\(report/([^)/]+\.png)\)", report_text))
 
 
-def _write(stores: Stores, paths: list[Path], figs: Path,
-           mnist_test: tuple[torch.Tensor, torch.Tensor] | None,
-           skipped: list[str], ladder: Catalog) -> str:
+def _write(
+    stores: Stores,
+    paths: list[Path],
+    figs: Path,
+    mnist_test: tuple[torch.Tensor, torch.Tensor] | None,
+    skipped: list[str],
+    ladder: Catalog,
+) -> str:
     grouped = gather(stores, ladder, skipped)
     tried = gather_tried(stores, ladder, skipped)
     runs_total = len(stores.runs())
     order = {name: i for i, name in enumerate(ladder.steps)}
     results = sorted(grouped.values(), key=lambda r: (order[r.step.name], r.label))
-    names = " and ".join(f"`{p.name}`" if len(paths) == 1 else f"`{p}`" for p in paths
-                         if p.is_file())
-    lines = ["# MNIST ladder: report", "",
-             f"Regenerated by `ladder report` from the results store{'s' if len(paths) > 1 else ''} "
-             f"{names} ({runs_total} runs). Every number below is computed from stored epochs.",
-             "Protocols: **test** is the seed's (train on 60,000, test after every epoch); "
-             "**val** trains on 50,000 and picks the best epoch on the last 10,000 training "
-             "images, reporting test accuracy at that epoch.", ""]
+    names = " and ".join(f"`{p.name}`" if len(paths) == 1 else f"`{p}`" for p in paths if p.is_file())
+    lines = [
+        "# MNIST ladder: report",
+        "",
+        f"Regenerated by `ladder report` from the results store{'s' if len(paths) > 1 else ''} "
+        f"{names} ({runs_total} runs). Every number below is computed from stored epochs.",
+        "Protocols: **test** is the seed's (train on 60,000, test after every epoch); "
+        "**val** trains on 50,000 and picks the best epoch on the last 10,000 training "
+        "images, reporting test accuracy at that epoch.",
+        "",
+    ]
     if results:
         lines += [*overview(results), "", "![parameters vs accuracy](report/params-vs-accuracy.png)", ""]
-        plot_params_vs_accuracy([r for r in results if r.protocol == "test"] or results,
-                                figs / "params-vs-accuracy.png")
+        plot_params_vs_accuracy(
+            [r for r in results if r.protocol == "test"] or results, figs / "params-vs-accuracy.png"
+        )
     else:
         lines += ["No finished runs yet: `ladder ladder --seeds 3` runs the whole ladder.", ""]
     prev_by_protocol: dict[str, StepResults] = {}
     done: dict[tuple[str, str], StepResults] = {}
     for res in results:
         base = res.step.builds_on  # compared with the step it changes, not merely the one before
-        prev = (done.get((base, res.protocol)) or grouped.get((base, res.protocol)) if base
-                else prev_by_protocol.get(res.label))
-        lines += step_section(res, prev, figs, "report", mnist_test, stores, skipped,
-                              tried.pop(res.step.name, None) if res.protocol == "test" else None)
+        prev = (
+            done.get((base, res.protocol)) or grouped.get((base, res.protocol))
+            if base
+            else prev_by_protocol.get(res.label)
+        )
+        lines += step_section(
+            res,
+            prev,
+            figs,
+            "report",
+            mnist_test,
+            stores,
+            skipped,
+            tried.pop(res.step.name, None) if res.protocol == "test" else None,
+        )
         prev_by_protocol[res.label] = done[res.step.name, res.label] = res
     missing = [s for s in ladder.steps if s not in {r.step.name for r in results}]
     if missing:

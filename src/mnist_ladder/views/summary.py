@@ -92,13 +92,15 @@ def receptive_field(layers: list[nn.Module], spatial: int = 28) -> list[tuple[in
 
 
 def layer_rows(model: nn.Module, input_size: tuple[int, ...] = (1, 1, 28, 28)) -> list[LayerRow]:
-    stats = torchinfo.summary(model, input_size=input_size, verbose=0, device="cpu",
-                              col_names=("output_size", "num_params"))
+    stats = torchinfo.summary(
+        model, input_size=input_size, verbose=0, device="cpu", col_names=("output_size", "num_params")
+    )
     leaves = [info for info in stats.summary_list if info.is_leaf_layer]
     found = fields([info.module for info in leaves], input_size[-1])
     return [
-        LayerRow(i + 1, info.class_name, info.var_name or "", tuple(info.output_size[1:]),
-                 info.trainable_params, f)
+        LayerRow(
+            i + 1, info.class_name, info.var_name or "", tuple(info.output_size[1:]), info.trainable_params, f
+        )
         for i, (info, f) in enumerate(zip(leaves, found, strict=True))
     ]
 
