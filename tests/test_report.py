@@ -310,7 +310,7 @@ def test_a_step_beyond_the_seed_names_the_commit_of_its_first_test_run(tmp_path:
 
 
 def test_the_frontier_is_the_best_of_each_size_gaining_with_size() -> None:
-    from mnist_ladder.views.report import pareto_front
+    from mnist_ladder.runs.results import pareto_front
 
     points = [(3888, 99.36), (3888, 99.47), (3624, 99.22), (7322, 99.45), (7870, 99.55), (6720, 99.43)]
     assert pareto_front(points) == [(3624, 99.22), (3888, 99.47), (7870, 99.55)]

@@ -13,7 +13,6 @@ import torch
 
 from mnist_ladder import steps
 from mnist_ladder.apps import cli
-from mnist_ladder.engine import train
 from mnist_ladder.runs import experiment
 from mnist_ladder.runs.store import RunClaimed, RunRow, Store, StoreError, new_owner
 
@@ -157,9 +156,26 @@ def test_save_atomic_leaves_no_temporary_when_it_fails(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(torch, "save", fail)
     with pytest.raises(OSError):
-        train.save_atomic({"x": 1}, target)
+        experiment.save_torch({"x": 1}, target)
     assert target.read_bytes() == b"the previous checkpoint"
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_the_atomic_write_replaces_only_a_regular_file(tmp_path: Path) -> None:
+    from mnist_ladder.core.files import OutputPathError, write_atomic
+
+    fifo = tmp_path / "a-fifo"
+    os.mkfifo(fifo)  # a special file of this test's own, never the machine's /dev
+    with pytest.raises(OutputPathError, match="not a regular file"):
+        write_atomic(fifo, b"data")
+    assert fifo.is_fifo()
+    with pytest.raises(OutputPathError, match="is a directory"):
+        write_atomic(tmp_path, "text")
+    with pytest.raises(OutputPathError, match="does not exist"):
+        write_atomic(tmp_path / "missing" / "f.txt", "text")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-fifo"]
+    write_atomic(tmp_path / "f.txt", "text")
+    assert (tmp_path / "f.txt").read_text() == "text"
 
 
 def test_reading_a_store_writes_nothing(tmp_path: Path, capsys) -> None:

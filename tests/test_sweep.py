@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from mnist_ladder.runs import sweep
+from mnist_ladder.runs import results, sweep
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -118,9 +118,19 @@ def test_bad_sweep_input_is_one_line(tmp_path: Path, args: list[str], message: s
 
 
 def test_pareto_front() -> None:
-    assert sweep.pareto_front([(5, 90.0), (3, 80.0), (4, 85.0), (6, 89.0), (7, 95.0)]) == [
+    assert results.pareto_front([(5, 90.0), (3, 80.0), (4, 85.0), (6, 89.0), (7, 95.0)]) == [
         (3, 80.0),
         (4, 85.0),
         (5, 90.0),
         (7, 95.0),
     ]
+
+
+def test_one_pareto_front_for_the_sweep_and_the_report_ties_included() -> None:
+    from mnist_ladder.views import report
+
+    assert sweep.pareto_front is results.pareto_front is report.pareto_front
+    # two networks of one size: the more accurate speaks for it, once
+    assert results.pareto_front([(4, 85.0), (4, 90.0), (3, 80.0)]) == [(3, 80.0), (4, 90.0)]
+    # a tie in accuracy goes to the smaller network
+    assert results.pareto_front([(5, 90.0), (3, 90.0), (7, 95.0)]) == [(3, 90.0), (7, 95.0)]

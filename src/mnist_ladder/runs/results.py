@@ -181,3 +181,15 @@ def verdict_line(row: RunRow, epochs: list[dict], reference: RunSet | None) -> s
     whose = "" if reference.step.name == row.step else f"{reference.step.name}'s "
     return (line + f" — {whose}reference{where}: mean {statistics.fmean(ref_at):.2f}, seeds "
             f"{min(ref_at):.2f}–{max(ref_at):.2f} ({n} seed{'s' if n != 1 else ''})")
+
+
+def pareto_front(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """The (parameters, accuracy) points no smaller-or-equal network beats: the best of each
+    size, kept only where it is more accurate than every smaller one. Of two networks of one
+    size, the more accurate speaks for it; a tie in accuracy goes to the smaller network. The
+    report's frontier and the sweep's Pareto front are this one."""
+    front: list[tuple[int, float]] = []
+    for params, neg_acc in sorted((p, -a) for p, a in points):
+        if not front or -neg_acc > front[-1][1]:
+            front.append((params, -neg_acc))
+    return front

@@ -33,6 +33,7 @@ from ..engine.models import count_parameters
 from ..steps import Recipe
 from ..engine.train import fit, prepare
 from ..core.errors import LadderError
+from .results import pareto_front
 
 LAST = 3
 
@@ -381,15 +382,6 @@ def trial_config(name: str, number: int, urls: list[str]) -> tuple[dict, Recipe,
         raise SweepError(f"trial {number} of {name!r} is {t.state.name.lower()}, not complete")
     p = params_of(t)
     return arch_of(p), recipe_of(p, 15), p
-
-
-def pareto_front(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    front, best = [], -1.0
-    for params, acc in sorted(points):
-        if acc > best:
-            front.append((params, acc))
-            best = acc
-    return front
 
 
 def report(name: str, urls: list[str], out_dir: Path) -> tuple[str, Path]:

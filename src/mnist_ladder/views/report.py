@@ -23,12 +23,12 @@ import torch
 
 from .. import steps
 from ..core.errors import LadderError
+from ..core.goal import BUDGET, LAST, TARGET
 from ..runs.catalog import Catalog
 from ..runs.experiment import STORE_WEIGHTS_MAX_BYTES, weights_file
-from ..runs.results import BUDGET, first_test_run, run_sets
+from ..runs.results import first_test_run, pareto_front, run_sets
 from ..runs.store import RunRow, StoreError, Stores
 from . import comparison, insight
-from .comparison import LAST, TARGET
 from .summary import summary_table
 
 
@@ -349,16 +349,6 @@ def plot_confusion(pred: torch.Tensor, labels: torch.Tensor, title: str, path: P
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
-
-
-def pareto_front(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    """The (parameters, accuracy) points no smaller-or-equal network beats: the best of each
-    size, kept only where it is more accurate than every smaller one."""
-    front: list[tuple[int, float]] = []
-    for params, neg_acc in sorted((p, -a) for p, a in points):
-        if not front or -neg_acc > front[-1][1]:
-            front.append((params, -neg_acc))
-    return front
 
 
 def plot_params_vs_accuracy(results: list[StepResults], path: Path) -> None:
