@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import warnings
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import torch
 from torch import nn
 
 from ..core.errors import LadderError
+from ..core.files import write_atomic
 from .predict import WithNormalization
 
 
@@ -27,9 +26,8 @@ def export(model: nn.Module, fmt: str, out: Path) -> Path:
         raise ExportError(f"{out} is a folder; give a file name, e.g. {out / ('model.' + fmt)}")
     wrapped = WithNormalization(model).eval()
     example = torch.rand(2, 1, 28, 28)
-    tmp = out.with_name(f".{out.name}.partial")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(tmp: Path) -> None:
         if fmt == "torchscript":  # deprecated by torch in favour of torch.export; still asked for
             with torch.inference_mode(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -47,11 +45,10 @@ def export(model: nn.Module, fmt: str, out: Path) -> Path:
                     verbose=False,
                 )
             program.save(str(tmp))
-        os.replace(tmp, out)
+
+    try:
+        write_atomic(out, save, make_parent=True, hidden=True)
     except (OSError, RuntimeError) as e:  # torch reports a failed write as a RuntimeError
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(f"cannot write {out}: {getattr(e, 'strerror', None) or first}") from None
-    finally:
-        with contextlib.suppress(OSError):  # nothing half-written left behind
-            tmp.unlink(missing_ok=True)
     return out

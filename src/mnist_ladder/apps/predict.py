@@ -8,8 +8,6 @@ at the centre.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from torch import nn
 
 from .. import steps
 from ..core.errors import LadderError
+from ..core.files import write_atomic
 from ..engine.data import MEAN, STD
 from ..runs.experiment import WEIGHTS, RunError, load_checkpoint, weights_file
 from ..runs.store import StoreError
@@ -281,14 +280,9 @@ def writable_folder(folder: Path) -> Path:
 def save_seen(pred: Prediction, folder: Path) -> Path:
     """Whole or not at all: written aside, then renamed into place."""
     out = folder / f"{Path(pred.path).stem}-seen.png"
-    tmp = out.with_name(f".{out.name}.tmp")
-    image = Image.fromarray((pred.seen * 255).astype(np.uint8))
+    image = Image.fromarray((pred.seen * 255).astype(np.uint8)).resize((112, 112), Image.Resampling.NEAREST)
     try:
-        image.resize((112, 112), Image.Resampling.NEAREST).save(tmp, format="PNG")
-        os.replace(tmp, out)
+        write_atomic(out, lambda tmp: image.save(tmp, format="PNG"), hidden=True)
     except OSError as e:
         raise PredictError(f"{out}: cannot write ({e.strerror or e})") from None
-    finally:
-        with contextlib.suppress(OSError):  # nothing half-written left behind
-            tmp.unlink(missing_ok=True)
     return out

@@ -8,7 +8,6 @@ Whatever the source, the bytes must match the canonical md5 before anything is c
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import io
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from ..core.errors import LadderError
+from ..core.files import write_atomic
 
 # Normalization constants of the seed (computed from the 60,000 training images).
 MEAN, STD = 0.1307, 0.3081
@@ -227,19 +227,13 @@ def _write_cache(cache: Path, files: dict[str, bytes]) -> None:
     for name in FILES:
         verify(name, files[name])  # nothing unverified reaches the cache
     for name in FILES:
-        tmp = cache / f".{name}.tmp"
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(files[name])
-            os.replace(tmp, cache / name)  # atomic: a crash leaves the old file or none
+        try:  # atomic: a crash leaves the old file or none
+            write_atomic(cache / name, files[name], make_parent=True, hidden=True)
         except OSError as e:
             raise DataError(
                 f"cannot write the MNIST cache {cache} ({e.strerror or e}); point "
                 "--data-dir or MNIST_LADDER_DATA to a writable folder"
             ) from None
-        finally:
-            with contextlib.suppress(OSError):  # nothing half-written left behind
-                tmp.unlink(missing_ok=True)
 
 
 def _read_cache(cache: Path) -> dict[str, bytes]:

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core.files import write_atomic
 from .augment import Augment, inverse_affine
 from .data import machine_cache_dir
 
@@ -67,12 +68,14 @@ def kernels() -> ctypes.CDLL | None:
         ).hexdigest()[:16]
         lib = machine_cache_dir() / "kernels" / f"kernels-{key}.so"
         if not lib.exists():
-            lib.parent.mkdir(parents=True, exist_ok=True)
-            tmp = lib.with_name(f".{lib.name}.{os.getpid()}.tmp")
-            subprocess.run(
-                [cc, *CFLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True, check=True
+            write_atomic(  # atomic: concurrent runs each see a whole file
+                lib,
+                lambda tmp: subprocess.run(
+                    [cc, *CFLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True, check=True
+                ),
+                make_parent=True,
+                hidden=True,
             )
-            os.replace(tmp, lib)  # atomic: concurrent runs each see a whole file
         # torch is imported, so the library's OpenMP is torch's runtime and thread pool
         built = ctypes.CDLL(str(lib))
     except (OSError, subprocess.CalledProcessError) as e:

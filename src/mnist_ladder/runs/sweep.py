@@ -33,6 +33,7 @@ from ..engine.models import count_parameters
 from ..steps import Recipe
 from ..engine.train import fit, prepare
 from ..core.errors import LadderError
+from ..core.files import write_atomic
 from .results import pareto_front
 
 LAST = 3
@@ -452,11 +453,8 @@ def report(name: str, urls: list[str], out_dir: Path) -> tuple[str, Path]:
 
 def write_whole(target: Path, write: Callable) -> None:
     """The file whole or not at all: written aside, then renamed into place."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    try:
+    def into(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             write(f)
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(OSError):  # nothing half-written left behind
-            tmp.unlink(missing_ok=True)
+
+    write_atomic(target, into, hidden=True)

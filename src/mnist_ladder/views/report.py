@@ -23,6 +23,7 @@ import torch
 
 from .. import steps
 from ..core.errors import LadderError
+from ..core.files import check_output, write_atomic
 from ..core.goal import BUDGET, LAST, TARGET
 from ..runs.catalog import Catalog
 from ..runs.experiment import STORE_WEIGHTS_MAX_BYTES, weights_file
@@ -702,8 +703,7 @@ def write_report(
     ladder = ladder or Catalog({})
     if not any(p.is_file() for p in paths):
         raise ReportError("no results store at " + " or ".join(str(p) for p in paths) + "; nothing written")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)  # a --report-path in a folder not made yet
+    out = check_output(Path(out), make_parent=True)  # a regular file, or one line: nothing moved
     figs = out.parent / "report"
     skipped: list[str] = []
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".report-") as tmp:
@@ -720,9 +720,7 @@ def write_report(
             (figs / name).unlink(missing_ok=True)
         for f in new_figs.iterdir():
             shutil.move(f, figs / f.name)
-        tmp_out = Path(tmp) / out.name
-        tmp_out.write_text(text)
-        tmp_out.replace(out)
+        write_atomic(out, text)
     return out, skipped
 
 
