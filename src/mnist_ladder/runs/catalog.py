@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from .. import steps
+from ..core.errors import LadderError
 from ..engine.models import count_parameters
 from ..steps import Step, UnknownStep
-from ..core.errors import LadderError
 
 # Step files being run right now: a file that looks steps up (`ml.step("step6")`) while it
 # loads must not load itself again.
@@ -53,16 +53,22 @@ def check_model(step: Step, where: str) -> None:
         with torch.no_grad():
             out = model.eval()(torch.zeros(2, 1, 28, 28))
     except Exception as e:  # a user's model can fail in any way; the message is what matters
-        raise StepFileError(f"{where}: the model's forward pass fails on a [2, 1, 28, 28] batch "
-                            f"({type(e).__name__}: {_first_line(e)})") from None
+        raise StepFileError(
+            f"{where}: the model's forward pass fails on a [2, 1, 28, 28] batch "
+            f"({type(e).__name__}: {_first_line(e)})"
+        ) from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, 10):
         shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise StepFileError(f"{where}: the model returns {shape} for a [2, 1, 28, 28] batch, "
-                            "not [2, 10] (logits for the ten digits)")
+        raise StepFileError(
+            f"{where}: the model returns {shape} for a [2, 1, 28, 28] batch, "
+            "not [2, 10] (logits for the ten digits)"
+        )
     counted = count_parameters(model)
     if step.params != counted:
-        raise StepFileError(f"{where}: STEP pins params={step.params:,} but its model has "
-                            f"{counted:,} parameters (update params, or leave it out)")
+        raise StepFileError(
+            f"{where}: STEP pins params={step.params:,} but its model has "
+            f"{counted:,} parameters (update params, or leave it out)"
+        )
 
 
 def _first_line(e: BaseException) -> str:
@@ -97,20 +103,23 @@ def load_file(path: Path | str) -> Step:
         exec(code, module.__dict__)
     except Exception as e:  # whatever the user's file raises, reported as one line
         sys.modules.pop(module_name, None)
-        raise StepFileError(f"{path}: running the file failed ({type(e).__name__}: "
-                            f"{_first_line(e)})") from None
+        raise StepFileError(
+            f"{path}: running the file failed ({type(e).__name__}: {_first_line(e)})"
+        ) from None
     finally:
         _loading.discard(path.resolve())
     step = getattr(module, "STEP", None)
     if not isinstance(step, Step):
-        raise StepFileError(f"{path}: defines no STEP (a mnist_ladder.Step; "
-                            "`ladder new NAME --from step6` writes a starter file)")
+        raise StepFileError(
+            f"{path}: defines no STEP (a mnist_ladder.Step; "
+            "`ladder new NAME --from step6` writes a starter file)"
+        )
     if not NAME.match(step.name):
-        raise StepFileError(f"{path}: step name {step.name!r}: use letters, digits, - and _ "
-                            "(starting with a letter)")
+        raise StepFileError(
+            f"{path}: step name {step.name!r}: use letters, digits, - and _ (starting with a letter)"
+        )
     if step.name in steps.STEPS:
-        raise StepFileError(f"{path}: step name {step.name!r} is a built-in step; "
-                            "give yours another name")
+        raise StepFileError(f"{path}: step name {step.name!r} is a built-in step; give yours another name")
     check_model(step, str(path))
     return replace(step, source=source, source_file=str(path.resolve()))
 
@@ -157,8 +166,10 @@ def catalog(steps_dir: Path | str | None = None) -> Catalog:
             continue
         step = load_file(path)
         if step.name in user:
-            raise StepFileError(f"{user[step.name].source_file} and {path.resolve()} both define "
-                                f"step {step.name!r}: rename one")
+            raise StepFileError(
+                f"{user[step.name].source_file} and {path.resolve()} both define "
+                f"step {step.name!r}: rename one"
+            )
         user[step.name] = step
     return Catalog(user)
 
@@ -167,6 +178,7 @@ def inline_source(step: Step) -> str:
     """What `inspect` can recover of a step defined in a notebook cell or a script: its build
     function's source, and the recipe as data."""
     import inspect
+
     try:
         build = inspect.getsource(step.build)
     except (OSError, TypeError):

@@ -23,13 +23,13 @@ from .. import steps
 from ..core.errors import LadderError
 from ..core.files import write_atomic
 from ..engine.data import MNIST
+from ..engine.identity import engine_hash
 from ..engine.models import count_parameters
+from ..engine.probe import resolve
+from ..engine.train import EpochResult, TrainState, fit, new_state, pick_amp, pick_device, prepare
 from ..steps import Recipe, Step
 from .identity import training_identity
 from .store import Heartbeat, RunClaimed, RunRow, Store, StoreError, new_owner, now
-from ..engine.identity import engine_hash
-from ..engine.probe import resolve
-from ..engine.train import EpochResult, TrainState, fit, new_state, pick_amp, pick_device, prepare
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 CHECKPOINT, WEIGHTS, CONFIG, METRICS = "checkpoint.pt", "model.pt", "config.json", "metrics.json"
@@ -44,9 +44,12 @@ class RunError(LadderError, RuntimeError):
 
 def git_info() -> tuple[str | None, int | None]:
     try:
+
         def git(*a: str) -> str:
-            return subprocess.run(["git", *a], cwd=PACKAGE_DIR, capture_output=True, text=True,
-                                  check=True, timeout=10).stdout.strip()
+            return subprocess.run(
+                ["git", *a], cwd=PACKAGE_DIR, capture_output=True, text=True, check=True, timeout=10
+            ).stdout.strip()
+
         return git("rev-parse", "HEAD"), int(bool(git("status", "--porcelain", "--", ".")))
     except (OSError, subprocess.SubprocessError):
         return None, None
@@ -88,18 +91,36 @@ class Spec:
         return cls(**{**d, "recipe": Recipe.from_dict(d["recipe"])})
 
 
-def make_spec(step: Step, seed: int, *, epochs: int | None = None, batch_size: int | None = None,
-              val: bool = False, train_limit: int | None = None,
-              eval_limit: int | None = None, recipe: Recipe | None = None,
-              test: bool = True) -> Spec:
+def make_spec(
+    step: Step,
+    seed: int,
+    *,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    val: bool = False,
+    train_limit: int | None = None,
+    eval_limit: int | None = None,
+    recipe: Recipe | None = None,
+    test: bool = True,
+) -> Spec:
     """The one path from a step to a run spec."""
     recipe = recipe or step.recipe
-    recipe = dataclasses.replace(recipe, epochs=epochs or recipe.epochs,
-                                 batch_size=batch_size or recipe.batch_size)
+    recipe = dataclasses.replace(
+        recipe, epochs=epochs or recipe.epochs, batch_size=batch_size or recipe.batch_size
+    )
     if not test and not val:
         raise ValueError("a run without the test set needs the validation protocol")
-    return Spec(step.name, seed, recipe, val, train_limit, eval_limit, test=test,
-                step_file=step.source_file, step_hash=step.source_hash)
+    return Spec(
+        step.name,
+        seed,
+        recipe,
+        val,
+        train_limit,
+        eval_limit,
+        test=test,
+        step_file=step.source_file,
+        step_hash=step.source_hash,
+    )
 
 
 def resolve_step(spec: Spec) -> Step:
@@ -107,20 +128,26 @@ def resolve_step(spec: Spec) -> Step:
     (rebuilt from the file on disk, and only while its source is the one the run was made of)."""
     if spec.arch is not None:
         from ..engine.family import as_step
+
         return as_step(spec.step, spec.arch, spec.recipe)
     if spec.step_file is None:
         if spec.step_hash is not None:
-            raise RunError(f"{spec.step} was defined inline (a notebook cell or a script): "
-                           "continue it from Python with ml.fit(step, resume=RUN)")
+            raise RunError(
+                f"{spec.step} was defined inline (a notebook cell or a script): "
+                "continue it from Python with ml.fit(step, resume=RUN)"
+            )
         return steps.get(spec.step)
     from .catalog import load_file
+
     step = load_file(spec.step_file)
     name = spec.step.partition(".")[2]
     step = step.variant(name) if name else step
     if step.source_hash != spec.step_hash:
-        raise RunError(f"{spec.step_file} changed since this run started (source hash "
-                       f"{step.source_hash}, the run's {spec.step_hash}): it is another "
-                       "experiment now; start a new run")
+        raise RunError(
+            f"{spec.step_file} changed since this run started (source hash "
+            f"{step.source_hash}, the run's {spec.step_hash}): it is another "
+            "experiment now; start a new run"
+        )
     return step
 
 
@@ -144,15 +171,33 @@ class RunOptions:
         return cls(str(dev), pick_amp(precision, dev), **kwargs)
 
 
-def run(spec: Spec, store: Store, options: RunOptions, *, resume: RunRow | None = None,
-        step: Step | None = None, log: Callable[[str], None] = print,
-        on_result: Callable[[EpochResult], None] | None = None) -> RunRow:
+def run(
+    spec: Spec,
+    store: Store,
+    options: RunOptions,
+    *,
+    resume: RunRow | None = None,
+    step: Step | None = None,
+    log: Callable[[str], None] = print,
+    on_result: Callable[[EpochResult], None] | None = None,
+) -> RunRow:
     """`execute` with MNIST loaded and the options applied: what every front end calls."""
     from ..engine.data import load
+
     mnist = load(options.data_dir and Path(options.data_dir), options.idx_dir and Path(options.idx_dir))
-    return execute(spec, mnist, store, Path(options.out_dir), device=torch.device(options.device),
-                   amp=options.amp, resume=resume, step=step, layout=options.layout, log=log,
-                   on_result=on_result)
+    return execute(
+        spec,
+        mnist,
+        store,
+        Path(options.out_dir),
+        device=torch.device(options.device),
+        amp=options.amp,
+        resume=resume,
+        step=step,
+        layout=options.layout,
+        log=log,
+        on_result=on_result,
+    )
 
 
 def resume_target(store: Store, ref: str) -> tuple[RunRow, Spec]:
@@ -189,16 +234,29 @@ def epoch_line(r: EpochResult, total: int) -> str:
         if acc is None:
             return ""
         return f"  {name} {'-' if loss is None else f'{loss:.4f}'} {acc:6.2f}%"
+
     seconds = f"  {r.seconds:5.1f}s" if r.seconds is not None else ""
     lr = f"  lr {r.lr:.5f}" if r.lr is not None else ""
-    return (f"epoch {r.epoch:>2}/{total}{lr}{pair('train', r.train_loss, r.train_acc)}"
-            f"{pair('test', r.test_loss, r.test_acc)}{pair('val', r.val_loss, r.val_acc)}{seconds}")
+    return (
+        f"epoch {r.epoch:>2}/{total}{lr}{pair('train', r.train_loss, r.train_acc)}"
+        f"{pair('test', r.test_loss, r.test_acc)}{pair('val', r.val_loss, r.val_acc)}{seconds}"
+    )
 
 
-def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: torch.device,
-            amp: bool, resume: RunRow | None = None, step: Step | None = None,
-            layout: str = "cl", log: Callable[[str], None] = print,
-            on_result: Callable[[EpochResult], None] | None = None) -> RunRow:
+def execute(
+    spec: Spec,
+    mnist: MNIST,
+    store: Store,
+    out_dir: Path,
+    *,
+    device: torch.device,
+    amp: bool,
+    resume: RunRow | None = None,
+    step: Step | None = None,
+    layout: str = "cl",
+    log: Callable[[str], None] = print,
+    on_result: Callable[[EpochResult], None] | None = None,
+) -> RunRow:
     """Train `spec` (or continue the interrupted run `resume`), recording as it goes.
 
     `step` is the spec's step when the caller holds it already (one defined in a notebook);
@@ -210,13 +268,19 @@ def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: to
     step = step or resolve_step(spec)
     identity = spec.identity(step, amp)
     if resume is not None and resume.training_id != identity:
-        made = ("before runs recorded a training identity" if resume.training_id is None
-                else f"with training identity {resume.training_id}")
-        raise RunError(f"run {resume.id} was started {made}; this code's is {identity} (the "
-                       "engine, the step's network or recipe, the precision or torch changed): "
-                       "finishing it here would mix two experiments; start a new run")
-    data = prepare(mnist, device, val=spec.val, train_limit=spec.train_limit,
-                   eval_limit=spec.eval_limit, test=spec.test)
+        made = (
+            "before runs recorded a training identity"
+            if resume.training_id is None
+            else f"with training identity {resume.training_id}"
+        )
+        raise RunError(
+            f"run {resume.id} was started {made}; this code's is {identity} (the "
+            "engine, the step's network or recipe, the precision or torch changed): "
+            "finishing it here would mix two experiments; start a new run"
+        )
+    data = prepare(
+        mnist, device, val=spec.val, train_limit=spec.train_limit, eval_limit=spec.eval_limit, test=spec.test
+    )
     ckpt = load_checkpoint(Path(resume.run_dir) / CHECKPOINT) if resume is not None else None
     if ckpt is not None:
         layout = ckpt.get("layout", "cl")
@@ -231,7 +295,7 @@ def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: to
         prior_seconds = ckpt["wall_seconds"]
         # The checkpoint is the record of what ran: epochs it holds that the store lost (a
         # store restored from an older copy under a live run) are written back.
-        for result in state.history[len(store.epochs(run_id)):]:
+        for result in state.history[len(store.epochs(run_id)) :]:
             store.add_epoch(run_id, asdict(result))
         log(f"resuming {run_id} after epoch {len(state.history)}")
     else:
@@ -242,12 +306,32 @@ def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: to
         except OSError as e:
             raise RunError(f"cannot create the run folder {run_dir} ({e.strerror or e})") from None
         commit, dirty = git_info()
-        row = RunRow(run_id, spec.step, spec.seed, spec.protocol, spec.recipe.to_dict(),
-                     count_parameters(state.model), engine_hash(), commit, dirty,
-                     torch.__version__, str(device), int(amp), str(run_dir),
-                     socket.gethostname(), os.getpid(), now(), None, "running", None,
-                     source_hash=step.source_hash, source_file=step.source_file,
-                     source=step.source, layout=layout, training_id=identity)
+        row = RunRow(
+            run_id,
+            spec.step,
+            spec.seed,
+            spec.protocol,
+            spec.recipe.to_dict(),
+            count_parameters(state.model),
+            engine_hash(),
+            commit,
+            dirty,
+            torch.__version__,
+            str(device),
+            int(amp),
+            str(run_dir),
+            socket.gethostname(),
+            os.getpid(),
+            now(),
+            None,
+            "running",
+            None,
+            source_hash=step.source_hash,
+            source_file=step.source_file,
+            source=step.source,
+            layout=layout,
+            training_id=identity,
+        )
         try:
             store.add_run(row, owner)
         except RunClaimed:
@@ -261,13 +345,17 @@ def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: to
         wall = prior_seconds + time.perf_counter() - t0
         # The checkpoint first: an epoch in the store is always one a resume can start after.
         try:
-            save_torch({"spec": spec.to_dict(), "state": st.state_dict(), "wall_seconds": wall,
-                         "layout": layout}, run_dir / CHECKPOINT)
+            save_torch(
+                {"spec": spec.to_dict(), "state": st.state_dict(), "wall_seconds": wall, "layout": layout},
+                run_dir / CHECKPOINT,
+            )
             write_atomic(run_dir / METRICS, json.dumps([asdict(h) for h in st.history], indent=1))
         except OSError as e:
-            raise RunError(f"could not write the checkpoint of epoch {result.epoch} in {run_dir} "
-                           f"({e.strerror or e}); the run stops after epoch {result.epoch - 1}: "
-                           f"free space, then `ladder run --resume {run_id}`") from None
+            raise RunError(
+                f"could not write the checkpoint of epoch {result.epoch} in {run_dir} "
+                f"({e.strerror or e}); the run stops after epoch {result.epoch - 1}: "
+                f"free space, then `ladder run --resume {run_id}`"
+            ) from None
         store.add_epoch(run_id, asdict(result))
 
     def stop(status: str, note: str | None = None) -> None:
@@ -279,8 +367,9 @@ def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: to
 
     try:
         with Heartbeat(store.path, run_id, owner):
-            for result in fit(step, data, spec.recipe, seed=spec.seed, amp=amp, state=state,
-                              on_epoch=on_epoch):
+            for result in fit(
+                step, data, spec.recipe, seed=spec.seed, amp=amp, state=state, on_epoch=on_epoch
+            ):
                 log(epoch_line(result, spec.recipe.epochs))
                 if on_result:  # e.g. a notebook's live curve
                     on_result(result)
@@ -289,15 +378,25 @@ def execute(spec: Spec, mnist: MNIST, store: Store, out_dir: Path, *, device: to
         raise
     except StoreError as e:
         stop("interrupted")
-        raise StoreError(f"{e}; the run folder {run_dir} keeps every finished epoch: "
-                         f"`ladder run --resume {run_dir}` continues it and records it in the "
-                         "store again") from None
+        raise StoreError(
+            f"{e}; the run folder {run_dir} keeps every finished epoch: "
+            f"`ladder run --resume {run_dir}` continues it and records it in the "
+            "store again"
+        ) from None
     except BaseException as e:
         stop("failed", f"{type(e).__name__}: {e}")
         raise
-    save_torch({"step": spec.step, "arch": spec.arch, "params": count_parameters(state.model),
-                 "step_file": spec.step_file, "step_hash": spec.step_hash,
-                 "state_dict": state.eval_model.state_dict()}, run_dir / WEIGHTS)
+    save_torch(
+        {
+            "step": spec.step,
+            "arch": spec.arch,
+            "params": count_parameters(state.model),
+            "step_file": spec.step_file,
+            "step_hash": spec.step_hash,
+            "state_dict": state.eval_model.state_dict(),
+        },
+        run_dir / WEIGHTS,
+    )
     if (run_dir / WEIGHTS).stat().st_size <= STORE_WEIGHTS_MAX_BYTES:
         store.put_weights(run_id, (run_dir / WEIGHTS).read_bytes())
     store.set_status(run_id, "finished", prior_seconds + time.perf_counter() - t0)
@@ -320,13 +419,15 @@ def register_folder(run_dir: Path, store: Store) -> RunRow:
     ckpt = load_checkpoint(run_dir / CHECKPOINT)
     known = {f.name for f in dataclasses.fields(RunRow)}
     row = RunRow(**{k: v for k, v in config.items() if k in known})
-    row = dataclasses.replace(row, run_dir=str(run_dir.resolve()), status="interrupted",
-                              lease_owner=None, lease_until=None)
+    row = dataclasses.replace(
+        row, run_dir=str(run_dir.resolve()), status="interrupted", lease_owner=None, lease_until=None
+    )
     store.add_run(row)
     for h in ckpt["state"]["history"]:
         store.add_epoch(row.id, h)
-    store.set_status(row.id, "interrupted", ckpt["wall_seconds"],
-                     note=f"re-registered from its folder {run_dir}")
+    store.set_status(
+        row.id, "interrupted", ckpt["wall_seconds"], note=f"re-registered from its folder {run_dir}"
+    )
     return store.run(row.id)
 
 
@@ -335,6 +436,7 @@ def weights_file(row: RunRow, store) -> Path | None:
     is checked first and then kept in the user's cache (never written where a store row says:
     a store is data, not a list of places to write)."""
     from ..engine.data import default_cache_dir
+
     path = Path(row.run_dir) / WEIGHTS
     if path.is_absolute() and path.is_file():
         return path
@@ -346,8 +448,9 @@ def weights_file(row: RunRow, store) -> Path | None:
     try:
         torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise RunError(f"run {row.id}: the weights in the store are not a loadable model "
-                       f"({_first_line(e)})") from None
+        raise RunError(
+            f"run {row.id}: the weights in the store are not a loadable model ({_first_line(e)})"
+        ) from None
     return write_atomic(cached, data, make_parent=True)
 
 
@@ -407,8 +510,13 @@ def run_task(task: Task) -> tuple[str, str]:
         resume = store.find_resumable(task.spec.step, task.spec.seed, identity)
         name = f"{task.spec.step} seed {task.spec.seed}"
         try:
-            row = run(task.spec, store, task.options, resume=resume,
-                      log=lambda s: print(f"[{name}] {s}", flush=True))
+            row = run(
+                task.spec,
+                store,
+                task.options,
+                resume=resume,
+                log=lambda s: print(f"[{name}] {s}", flush=True),
+            )
         except RunClaimed as e:
             return resume.id if resume else "-", f"skipped: {e}"
         return row.id, "resumed and finished" if resume else "finished"

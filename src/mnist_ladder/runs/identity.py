@@ -42,8 +42,7 @@ def network_identity(step: Step, arch: dict | None) -> str:
         return f"unknown:{step.name}:{step.params}"
 
 
-def training_identity(step: Step, arch: dict | None, recipe: Recipe, protocol: str,
-                      amp: bool) -> str:
+def training_identity(step: Step, arch: dict | None, recipe: Recipe, protocol: str, amp: bool) -> str:
     """The identity of a run of `step` (or of the searched architecture `arch`) trained with
     `recipe` under `protocol` (test | val | val-only, with any data subset)."""
     parts = {

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from dataclasses import dataclass, field
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -21,6 +21,7 @@ from ..core.goal import held as holds_target
 from ..engine.identity import fingerprint
 from ..engine.step import Recipe, Step
 from .store import RunRow
+
 
 def headline_key(protocol: str) -> str:
     return "val_acc" if protocol.startswith("val-only") else "test_acc"
@@ -55,8 +56,14 @@ class RunSet:
         return statistics.fmean(self.finals)
 
     def side(self, label: str | None = None) -> Side:
-        return Side(label or self.step.name, self.step.params, self.recipe, self.protocol,
-                    {seed: e for seed, (_, e) in sorted(self.runs.items())}, self.step.build())
+        return Side(
+            label or self.step.name,
+            self.step.params,
+            self.recipe,
+            self.protocol,
+            {seed: e for seed, (_, e) in sorted(self.runs.items())},
+            self.step.build(),
+        )
 
     @property
     def recipe(self):
@@ -66,8 +73,13 @@ class RunSet:
 def is_result_of(row: RunRow, step: Step) -> bool:
     """Whether a stored run is a run of `step` as it is defined now."""
     recipe = dataclasses.replace(step.recipe, epochs=row.recipe.get("epochs", step.recipe.epochs))
-    return (row.step == step.name and row.effective_status == "finished"
-            and row.params == step.params and same_source(row, step) and recipe.matches(row.recipe))
+    return (
+        row.step == step.name
+        and row.effective_status == "finished"
+        and row.params == step.params
+        and same_source(row, step)
+        and recipe.matches(row.recipe)
+    )
 
 
 def same_source(row: RunRow, step: Step) -> bool:
@@ -75,8 +87,11 @@ def same_source(row: RunRow, step: Step) -> bool:
     step file whose analysis was edited keeps its results."""
     if row.source_hash == step.source_hash:
         return True
-    return (row.source is not None and step.source is not None
-            and fingerprint(row.source) == fingerprint(step.source))
+    return (
+        row.source is not None
+        and step.source is not None
+        and fingerprint(row.source) == fingerprint(step.source)
+    )
 
 
 def run_sets(stores, step: Step, skipped: list[str] | None = None) -> list[RunSet]:
@@ -146,10 +161,12 @@ def best_run(stores, steps: list[Step]) -> tuple[RunRow, str] | None:
         return None
     top = max(candidates, key=lambda s: s.mean_final)
     row, epochs = max(top.runs.values(), key=lambda r: r[1][-1]["test_acc"])
-    why = (f"best: {top.step.name} ({top.step.params:,} parameters) has the highest mean final "
-           f"test accuracy under {BUDGET:,} parameters, {top.mean_final:.2f} over "
-           f"{len(top.runs)} seeds; its best run is {row.id} (seed {row.seed}, final "
-           f"{epochs[-1]['test_acc']:.2f})")
+    why = (
+        f"best: {top.step.name} ({top.step.params:,} parameters) has the highest mean final "
+        f"test accuracy under {BUDGET:,} parameters, {top.mean_final:.2f} over "
+        f"{len(top.runs)} seeds; its best run is {row.id} (seed {row.seed}, final "
+        f"{epochs[-1]['test_acc']:.2f})"
+    )
     return row, why
 
 
@@ -164,11 +181,12 @@ def verdict_line(row: RunRow, epochs: list[dict], reference: RunSet | None) -> s
     key = headline_key(row.protocol)
     final = epochs[-1][key]
     metric = "val" if key == "val_acc" else "test"
-    budget = (f"{row.params:,} parameters ({'under' if row.params < BUDGET else 'over'} the "
-              f"{BUDGET:,} budget)")
-    hold = (f"{TARGET} {'held' if held(epochs, key) else 'not held'} in each of the last "
-            f"{LAST} epochs" if len(epochs) >= LAST else f"{len(epochs)} epoch(s): too few to "
-            f"judge whether {TARGET} holds")
+    budget = f"{row.params:,} parameters ({'under' if row.params < BUDGET else 'over'} the {BUDGET:,} budget)"
+    hold = (
+        f"{TARGET} {'held' if held(epochs, key) else 'not held'} in each of the last {LAST} epochs"
+        if len(epochs) >= LAST
+        else f"{len(epochs)} epoch(s): too few to judge whether {TARGET} holds"
+    )
     line = f"verdict: {budget}; final {metric} {final:.2f}; {hold}"
     if reference is None:
         return line + "; no reference results for this step to compare with"
@@ -179,8 +197,10 @@ def verdict_line(row: RunRow, epochs: list[dict], reference: RunSet | None) -> s
         return line + "; the reference runs are shorter than this one"
     where = "" if at == reference.epochs else f" at epoch {at} of their {reference.epochs}"
     whose = "" if reference.step.name == row.step else f"{reference.step.name}'s "
-    return (line + f" — {whose}reference{where}: mean {statistics.fmean(ref_at):.2f}, seeds "
-            f"{min(ref_at):.2f}–{max(ref_at):.2f} ({n} seed{'s' if n != 1 else ''})")
+    return (
+        line + f" — {whose}reference{where}: mean {statistics.fmean(ref_at):.2f}, seeds "
+        f"{min(ref_at):.2f}–{max(ref_at):.2f} ({n} seed{'s' if n != 1 else ''})"
+    )
 
 
 def pareto_front(points: list[tuple[int, float]]) -> list[tuple[int, float]]:

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
+
 from ..core.errors import LadderError
 
 SCHEMA = """
@@ -171,8 +172,9 @@ class Store:
     """One SQLite results store. `readonly` (the default for `create=False`) opens it without
     ever writing to it; otherwise it is created and migrated as needed."""
 
-    def __init__(self, path: Path | str | None = None, *, create: bool = True,
-                 readonly: bool | None = None) -> None:
+    def __init__(
+        self, path: Path | str | None = None, *, create: bool = True, readonly: bool | None = None
+    ) -> None:
         self.path = Path(path) if path else default_db_path()
         self.readonly = (not create) if readonly is None else readonly
         if not create and not self.path.is_file():
@@ -203,9 +205,11 @@ class Store:
     def _check_version(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise StoreError(f"results store {self.path} has schema version {version}, made by a "
-                             f"newer mnist-ladder (this one reads up to {SCHEMA_VERSION}): upgrade "
-                             "mnist-ladder to read it")
+            raise StoreError(
+                f"results store {self.path} has schema version {version}, made by a "
+                f"newer mnist-ladder (this one reads up to {SCHEMA_VERSION}): upgrade "
+                "mnist-ladder to read it"
+            )
 
     def close(self) -> None:
         """A writer folds its write-ahead log into the database file as it closes, even while
@@ -226,8 +230,9 @@ class Store:
         """SQLite keeps writing to a deleted file through its open handle: a store deleted or
         replaced under a live run would silently lose the run. Refuse instead."""
         if _file_identity(self.path) != self._identity:
-            raise StoreError(f"the results store {self.path} was deleted or replaced while this "
-                             "process was writing to it")
+            raise StoreError(
+                f"the results store {self.path} was deleted or replaced while this process was writing to it"
+            )
 
     # -------------------------------------------------------- writing
 
@@ -244,14 +249,18 @@ class Store:
         try:
             if owner is not None:
                 twins = self.db.execute(
-                    "SELECT * FROM runs WHERE step=? AND seed=? AND training_id IS ? "
-                    "AND status='running'", (row.step, row.seed, row.training_id)).fetchall()
+                    "SELECT * FROM runs WHERE step=? AND seed=? AND training_id IS ? AND status='running'",
+                    (row.step, row.seed, row.training_id),
+                ).fetchall()
                 live = [t for t in map(self._row, twins) if t.effective_status == "running"]
                 if live:
-                    raise RunClaimed(f"{row.step} seed {row.seed} ({row.protocol}) is being "
-                                     f"trained by another process now (run {live[0].id})")
-            self.db.execute(f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(d))})",
-                            tuple(d.values()))
+                    raise RunClaimed(
+                        f"{row.step} seed {row.seed} ({row.protocol}) is being "
+                        f"trained by another process now (run {live[0].id})"
+                    )
+            self.db.execute(
+                f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(d))})", tuple(d.values())
+            )
         except BaseException:
             self.db.rollback()
             raise
@@ -262,24 +271,26 @@ class Store:
         cols = ["run_id", *epoch]
         with self.db:
             self.db.execute(
-                f"INSERT OR REPLACE INTO epochs ({', '.join(cols)}) "
-                f"VALUES ({', '.join('?' * len(cols))})", (run_id, *epoch.values()))
+                f"INSERT OR REPLACE INTO epochs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                (run_id, *epoch.values()),
+            )
 
     def put_weights(self, run_id: str, data: bytes) -> None:
         self._check_same_file()
         with self.db:
-            self.db.execute("INSERT OR REPLACE INTO weights (run_id, data) VALUES (?, ?)",
-                            (run_id, data))
+            self.db.execute("INSERT OR REPLACE INTO weights (run_id, data) VALUES (?, ?)", (run_id, data))
 
-    def set_status(self, run_id: str, status: str, wall_seconds: float | None = None,
-                   note: str | None = None) -> None:
+    def set_status(
+        self, run_id: str, status: str, wall_seconds: float | None = None, note: str | None = None
+    ) -> None:
         self._check_same_file()
         finished = now() if status != "running" else None
         with self.db:
             self.db.execute(
                 "UPDATE runs SET status=?, finished=?, wall_seconds=COALESCE(?, wall_seconds), "
                 "note=COALESCE(?, note), pid=? WHERE id=?",
-                (status, finished, wall_seconds, note, os.getpid(), run_id))
+                (status, finished, wall_seconds, note, os.getpid(), run_id),
+            )
 
     # -------------------------------------------------------- reading
 
@@ -294,13 +305,15 @@ class Store:
             row = self.run(run_id)
             if row.lease_owner not in (None, owner) and row.effective_status == "running":
                 until = datetime.fromtimestamp(row.lease_until or 0, UTC)
-                raise RunClaimed(f"run {run_id} is being trained by another process "
-                                 f"({row.host}, pid {row.pid}); its lease runs until "
-                                 f"{until:%H:%M:%S} UTC")
+                raise RunClaimed(
+                    f"run {run_id} is being trained by another process "
+                    f"({row.host}, pid {row.pid}); its lease runs until "
+                    f"{until:%H:%M:%S} UTC"
+                )
             self.db.execute(
-                "UPDATE runs SET lease_owner=?, lease_until=?, status='running', pid=?, host=? "
-                "WHERE id=?", (owner, time.time() + LEASE_SECONDS, os.getpid(),
-                               socket.gethostname(), run_id))
+                "UPDATE runs SET lease_owner=?, lease_until=?, status='running', pid=?, host=? WHERE id=?",
+                (owner, time.time() + LEASE_SECONDS, os.getpid(), socket.gethostname(), run_id),
+            )
         except BaseException:
             self.db.rollback()
             raise
@@ -308,8 +321,10 @@ class Store:
 
     def release(self, run_id: str, owner: str) -> None:
         with self.db:
-            self.db.execute("UPDATE runs SET lease_until=NULL, lease_owner=NULL "
-                            "WHERE id=? AND lease_owner=?", (run_id, owner))
+            self.db.execute(
+                "UPDATE runs SET lease_until=NULL, lease_owner=NULL WHERE id=? AND lease_owner=?",
+                (run_id, owner),
+            )
 
     # -------------------------------------------------------- reading
 
@@ -357,8 +372,11 @@ class Store:
         """The interrupted run of this step, seed and training identity that got furthest
         (the latest if tied): two attempts can both have been cut, and the shorter one must
         not win."""
-        found = [r for r in self.runs(step) if (r.seed, r.training_id) == (seed, training_id)
-                 and r.effective_status == "interrupted"]
+        found = [
+            r
+            for r in self.runs(step)
+            if (r.seed, r.training_id) == (seed, training_id) and r.effective_status == "interrupted"
+        ]
         return max(found, key=lambda r: (len(self.epochs(r.id)), r.started), default=None)
 
 
@@ -390,8 +408,7 @@ class Heartbeat:
     """Renews a run's lease every few seconds from a thread with its own connection, until
     stopped: the lease lapses within a minute of the process dying, however it died."""
 
-    def __init__(self, path: Path, run_id: str, owner: str,
-                 every: float = HEARTBEAT_SECONDS) -> None:
+    def __init__(self, path: Path, run_id: str, owner: str, every: float = HEARTBEAT_SECONDS) -> None:
         self.path, self.run_id, self.owner, self.every = path, run_id, owner, every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True, name=f"lease-{run_id}")
@@ -409,8 +426,10 @@ class Heartbeat:
             try:
                 db = sqlite3.connect(self.path, timeout=30)
                 with db:
-                    db.execute("UPDATE runs SET lease_until=? WHERE id=? AND lease_owner=?",
-                               (time.time() + LEASE_SECONDS, self.run_id, self.owner))
+                    db.execute(
+                        "UPDATE runs SET lease_until=? WHERE id=? AND lease_owner=?",
+                        (time.time() + LEASE_SECONDS, self.run_id, self.owner),
+                    )
                 db.close()
             except sqlite3.Error:
                 pass  # a missed beat; the epoch writes in the main thread report a lost store

@@ -9,7 +9,6 @@ a trial that the next worker marks failed and retries with the same parameters.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
 import os
@@ -26,14 +25,14 @@ import optuna
 import sqlalchemy.exc
 import torch
 
+from ..core.errors import LadderError
+from ..core.files import write_atomic
 from ..engine import family
 from ..engine.augment import SEED_AUGMENT
 from ..engine.data import MNIST
 from ..engine.models import count_parameters
-from ..steps import Recipe
 from ..engine.train import fit, prepare
-from ..core.errors import LadderError
-from ..core.files import write_atomic
+from ..steps import Recipe
 from .results import pareto_front
 
 LAST = 3
@@ -101,23 +100,33 @@ def suggest(trial: optuna.Trial, fixed: dict) -> dict:
 
 def arch_of(p: dict) -> dict:
     convs = [p["c1"], p["c2"]][: p["n_convs1"]]
-    return {"convs1": convs, "transition": p["transition"],
-            "convs2": [p["c3"], p["c4"], p["c5"], p["c6"]][: p["n_convs2"]],
-            "head": p["head"], "dropout": round(p["dropout"], 4)}
+    return {
+        "convs1": convs,
+        "transition": p["transition"],
+        "convs2": [p["c3"], p["c4"], p["c5"], p["c6"]][: p["n_convs2"]],
+        "head": p["head"],
+        "dropout": round(p["dropout"], 4),
+    }
 
 
 def recipe_of(p: dict, epochs: int) -> Recipe:
-    common = {"epochs": epochs, "batch_size": p["batch_size"], "lr": p["lr"],
-              "augment": SEED_AUGMENT.scaled(p["augment"])}
+    common = {
+        "epochs": epochs,
+        "batch_size": p["batch_size"],
+        "lr": p["lr"],
+        "augment": SEED_AUGMENT.scaled(p["augment"]),
+    }
     if p["scheduler"] == "onecycle":
         return Recipe(**common, momentum=0.9, scheduler="onecycle", max_lr=p["lr"])
-    return Recipe(**common, momentum=0.9, scheduler="step", step_size=max(1, epochs // 3),
-                  gamma=0.2)
+    return Recipe(**common, momentum=0.9, scheduler="step", step_size=max(1, epochs // 3), gamma=0.2)
 
 
 def smallest_possible(fixed: dict) -> int:
-    lo = {n: (fixed.get(n, rng[0] if kind != "cat" else min(rng)))
-          for n, (kind, rng) in SPACE.items() if kind in ("int", "cat") and n != "scheduler"}
+    lo = {
+        n: (fixed.get(n, rng[0] if kind != "cat" else min(rng)))
+        for n, (kind, rng) in SPACE.items()
+        if kind in ("int", "cat") and n != "scheduler"
+    }
     lo["head"] = fixed.get("head", 0)
     lo["dropout"] = 0.0
     return count_parameters(family.build(arch_of(lo)))
@@ -137,8 +146,7 @@ def with_installed_driver(url: str) -> str:
     for driver in ("psycopg", "psycopg2"):
         if importlib.util.find_spec(driver) is not None:
             return parsed.set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
-    raise SweepError("a postgresql:// storage needs a PostgreSQL driver: "
-                     "pip install -e '.[postgres]'")
+    raise SweepError("a postgresql:// storage needs a PostgreSQL driver: pip install -e '.[postgres]'")
 
 
 def storage(url: str, heartbeat: int = 10) -> optuna.storages.RDBStorage:
@@ -149,18 +157,26 @@ def storage(url: str, heartbeat: int = 10) -> optuna.storages.RDBStorage:
     for attempt in range(5):
         try:
             return optuna.storages.RDBStorage(
-                url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=3),
-                engine_kwargs={"pool_pre_ping": True, **(
-                    {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {})})
+                url,
+                heartbeat_interval=heartbeat,
+                grace_period=3 * heartbeat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+                engine_kwargs={
+                    "pool_pre_ping": True,
+                    **({"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}),
+                },
+            )
         except Exception as e:
             text = str(e)
             # Workers starting together race to create the tables ("already exists", "duplicate
             # key") or find SQLite locked by the other's migration: both pass on a retry.
-            racing = ("duplicate key" in text or "already exists" in text or "locked" in text
-                      or "no such table" in text
-                      or isinstance(e, sqlalchemy.exc.DBAPIError | optuna.exceptions.StorageInternalError))
+            racing = (
+                "duplicate key" in text
+                or "already exists" in text
+                or "locked" in text
+                or "no such table" in text
+                or isinstance(e, sqlalchemy.exc.DBAPIError | optuna.exceptions.StorageInternalError)
+            )
             if racing and attempt < 4:
                 time.sleep(0.5 + attempt)
                 continue
@@ -184,6 +200,7 @@ def default_storage(db: Path) -> str:
 def reference_storage() -> str:
     """The project's reference studies, committed with its reference results."""
     from .store import reference_dir
+
     return f"sqlite:///{reference_dir() / 'sweeps.db'}"
 
 
@@ -202,8 +219,9 @@ STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 def check_study_name(name: str) -> str:
     if not STUDY_NAME.fullmatch(name) or ".." in name:
-        raise SweepError(f"study name {name!r}: use letters, digits, '.', '_' and '-' "
-                         "(at most 100; no '/' or '..')")
+        raise SweepError(
+            f"study name {name!r}: use letters, digits, '.', '_' and '-' (at most 100; no '/' or '..')"
+        )
     return name
 
 
@@ -223,8 +241,9 @@ class SweepConfig:
 
 
 def objective_for(cfg: SweepConfig, mnist: MNIST, device: torch.device, amp: bool):
-    data = prepare(mnist, device, val=True, train_limit=cfg.train_limit,
-                   eval_limit=cfg.eval_limit, test=False)
+    data = prepare(
+        mnist, device, val=True, train_limit=cfg.train_limit, eval_limit=cfg.eval_limit, test=False
+    )
 
     def objective(trial: optuna.Trial):
         p = suggest(trial, cfg.fixed)
@@ -255,14 +274,17 @@ def progress(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
     vals = t.values or []
     score = f"val {vals[-1]:.2f}%" if vals else ""
     params = t.user_attrs.get("params")
-    print(f"[sweep {study.study_name}] trial {t.number:>3} {t.state.name.lower():<8} "
-          f"{f'{params:,}' if params is not None else '?':>6} params {score} "
-          f"{t.user_attrs.get('rejected', '')}".rstrip(), flush=True)
+    print(
+        f"[sweep {study.study_name}] trial {t.number:>3} {t.state.name.lower():<8} "
+        f"{f'{params:,}' if params is not None else '?':>6} params {score} "
+        f"{t.user_attrs.get('rejected', '')}".rstrip(),
+        flush=True,
+    )
 
 
-def with_study_heartbeat(study: optuna.Study, url: str,
-                         load: Callable[[optuna.storages.RDBStorage], optuna.Study],
-                         *, worker: bool) -> optuna.Study:
+def with_study_heartbeat(
+    study: optuna.Study, url: str, load: Callable[[optuna.storages.RDBStorage], optuna.Study], *, worker: bool
+) -> optuna.Study:
     """The study keeps the heartbeat its first worker chose: whoever opens it later (a worker
     with another --heartbeat, `sweep report`) judges staleness by the beat its workers keep,
     and never fails a live worker's trial for beating slower than it expects. Only a worker
@@ -296,27 +318,34 @@ def done(study: optuna.Study, trials: int) -> bool:
     return c.get("complete", 0) + c.get("pruned", 0) >= trials and not c.get("waiting", 0)
 
 
-def run_sweep(cfg: SweepConfig, load_mnist: Callable[[], MNIST], device: torch.device,
-              amp: bool) -> optuna.Study:
+def run_sweep(
+    cfg: SweepConfig, load_mnist: Callable[[], MNIST], device: torch.device, amp: bool
+) -> optuna.Study:
     """Checks the budget and the storage before loading any data."""
     check_study_name(cfg.study)
     if smallest_possible(cfg.fixed) > cfg.budget:
-        raise SweepError(f"no configuration meets the budget of {cfg.budget} parameters "
-                         f"(the smallest in this space has {smallest_possible(cfg.fixed)})")
-    kw = ({"directions": ["minimize", "maximize"]} if cfg.multi_objective
-          else {"direction": "maximize"})
+        raise SweepError(
+            f"no configuration meets the budget of {cfg.budget} parameters "
+            f"(the smallest in this space has {smallest_possible(cfg.fixed)})"
+        )
+    kw = {"directions": ["minimize", "maximize"]} if cfg.multi_objective else {"direction": "maximize"}
 
     def create(store: optuna.storages.RDBStorage) -> optuna.Study:
         try:
             return optuna.create_study(
-                storage=store, study_name=cfg.study, load_if_exists=True,
+                storage=store,
+                study_name=cfg.study,
+                load_if_exists=True,
                 sampler=optuna.samplers.TPESampler(seed=None),
-                pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1), **kw)
+                pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+                **kw,
+            )
         except ValueError as e:
             raise SweepError(f"study {cfg.study!r}: {e}") from None
 
-    study = with_study_heartbeat(create(storage(cfg.storage_url, cfg.heartbeat)),
-                                 cfg.storage_url, create, worker=True)
+    study = with_study_heartbeat(
+        create(storage(cfg.storage_url, cfg.heartbeat)), cfg.storage_url, create, worker=True
+    )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     reap_stale_trials(study)
     if done(study, cfg.trials):  # a resumed sweep that has nothing left to do trains nothing
@@ -327,8 +356,11 @@ def run_sweep(cfg: SweepConfig, load_mnist: Callable[[], MNIST], device: torch.d
             study.stop()
 
     study.optimize(
-        objective_for(cfg, load_mnist(), device, amp), n_trials=cfg.trials * 10,
-        callbacks=[progress, stop_when_done], gc_after_trial=False)
+        objective_for(cfg, load_mnist(), device, amp),
+        n_trials=cfg.trials * 10,
+        callbacks=[progress, stop_when_done],
+        gc_after_trial=False,
+    )
     return study
 
 
@@ -346,10 +378,12 @@ def load_study(name: str, url: str) -> optuna.Study:
         study = optuna.load_study(study_name=name, storage=store)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(store)]
-        raise SweepError(f"no study {name!r} in {redact(url)}"
-                         + (f" (studies: {', '.join(names)})" if names else "")) from None
-    study = with_study_heartbeat(study, url, lambda s: optuna.load_study(study_name=name, storage=s),
-                                 worker=False)
+        raise SweepError(
+            f"no study {name!r} in {redact(url)}" + (f" (studies: {', '.join(names)})" if names else "")
+        ) from None
+    study = with_study_heartbeat(
+        study, url, lambda s: optuna.load_study(study_name=name, storage=s), worker=False
+    )
     reap_stale_trials(study)
     return study
 
@@ -369,8 +403,10 @@ def find_study(name: str, urls: list[str]) -> optuna.Study:
 
 def params_of(t: optuna.trial.FrozenTrial) -> dict:
     """A trial's full configuration: what was searched and what `--fix` pinned."""
-    return {**{k.removeprefix("fixed_"): v for k, v in t.user_attrs.items() if k.startswith("fixed_")},
-            **t.params}
+    return {
+        **{k.removeprefix("fixed_"): v for k, v in t.user_attrs.items() if k.startswith("fixed_")},
+        **t.params,
+    }
 
 
 def trial_config(name: str, number: int, urls: list[str]) -> tuple[dict, Recipe, dict]:
@@ -389,8 +425,10 @@ def report(name: str, urls: list[str], out_dir: Path) -> tuple[str, Path]:
     """The study's page and its Pareto plot, both written into `out_dir` (the page links
     only the plot beside it). Returns (page text, page path)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     study = find_study(name, urls)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
@@ -400,33 +438,52 @@ def report(name: str, urls: list[str], out_dir: Path) -> tuple[str, Path]:
         return t.values[-1]
 
     states = counts(study)
-    lines = [f"# Sweep {name}", "",
-             f"Trials: {', '.join(f'{v} {k}' for k, v in sorted(states.items()))}. Objective: mean "
-             f"validation accuracy (last {LAST} epochs; first 50,000 train / last 10,000 validation)."]
+    lines = [
+        f"# Sweep {name}",
+        "",
+        f"Trials: {', '.join(f'{v} {k}' for k, v in sorted(states.items()))}. Objective: mean "
+        f"validation accuracy (last {LAST} epochs; first 50,000 train / last 10,000 validation).",
+    ]
     if states.get("waiting"):
-        lines += ["", f"{states['waiting']} waiting: retries of trials whose worker died; run the "
-                  "sweep's command again to finish them."]
-    lines += ["", "| trial | params | val acc (%) | architecture | lr | scheduler | batch | augment |",
-              "|---:|---:|---:|---|---:|---|---:|---:|"]
+        lines += [
+            "",
+            f"{states['waiting']} waiting: retries of trials whose worker died; run the "
+            "sweep's command again to finish them.",
+        ]
+    lines += [
+        "",
+        "| trial | params | val acc (%) | architecture | lr | scheduler | batch | augment |",
+        "|---:|---:|---:|---|---:|---|---:|---:|",
+    ]
     for t in sorted(done, key=acc, reverse=True)[:10]:
         p, a = params_of(t), t.user_attrs.get("arch", {})
-        lines.append(f"| {t.number} | {t.user_attrs.get('params', 0):,} | {acc(t):.2f} | "
-                     f"{a.get('convs1')} / {a.get('transition')} / {a.get('convs2')} / head "
-                     f"{a.get('head')}, dropout {a.get('dropout', 0):.3f} | {p['lr']:.4g} | "
-                     f"{p['scheduler']} | {p['batch_size']} | {p['augment']:.2f} |")
+        lines.append(
+            f"| {t.number} | {t.user_attrs.get('params', 0):,} | {acc(t):.2f} | "
+            f"{a.get('convs1')} / {a.get('transition')} / {a.get('convs2')} / head "
+            f"{a.get('head')}, dropout {a.get('dropout', 0):.3f} | {p['lr']:.4g} | "
+            f"{p['scheduler']} | {p['batch_size']} | {p['augment']:.2f} |"
+        )
     points = [(t.user_attrs["params"], acc(t)) for t in done]
     front = pareto_front(points)
     by_point = {(t.user_attrs["params"], acc(t)): t.number for t in done}
     plot = out_dir / f"sweep-{name}-pareto.png"
-    lines += ["", "Pareto front: the most accurate trial at each size.", "",
-              "| params | val acc (%) | trial |", "|---:|---:|---:|",
-              *(f"| {n:,} | {a:.2f} | {by_point[(n, a)]} |" for n, a in front),
-              "", f"![Pareto front of sweep {name}]({plot.name})"]
+    lines += [
+        "",
+        "Pareto front: the most accurate trial at each size.",
+        "",
+        "| params | val acc (%) | trial |",
+        "|---:|---:|---:|",
+        *(f"| {n:,} | {a:.2f} | {by_point[(n, a)]} |" for n, a in front),
+        "",
+        f"![Pareto front of sweep {name}]({plot.name})",
+    ]
     if len(done) >= 4 and len(study.directions) == 1:
         try:
             imp = optuna.importance.get_param_importances(study)
-            lines += ["", "Parameter importances (fANOVA): " +
-                      ", ".join(f"{k} {v:.2f}" for k, v in imp.items())]
+            lines += [
+                "",
+                "Parameter importances (fANOVA): " + ", ".join(f"{k} {v:.2f}" for k, v in imp.items()),
+            ]
         except (RuntimeError, ValueError) as e:
             lines += ["", f"Parameter importances unavailable: {e}"]
     text = "\n".join(lines) + "\n"
@@ -453,6 +510,7 @@ def report(name: str, urls: list[str], out_dir: Path) -> tuple[str, Path]:
 
 def write_whole(target: Path, write: Callable) -> None:
     """The file whole or not at all: written aside, then renamed into place."""
+
     def into(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             write(f)
