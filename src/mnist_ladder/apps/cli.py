@@ -20,7 +20,15 @@ from ..engine import data
 from ..engine.models import count_parameters
 from ..runs.catalog import Catalog, StepFileError, catalog
 from ..runs.experiment import RunOptions, make_spec
-from ..runs.store import Store, StoreError, Stores, default_db_path, reference_db_path, reference_dir
+from ..runs.store import (
+    Store,
+    StoreError,
+    Stores,
+    chosen_db_path,
+    default_db_path,
+    reference_db_path,
+    reference_write_db_path,
+)
 from ..runs.sweep import SweepError
 from ..views.comparison import CompareError
 from ..views.summary import summary_table
@@ -83,7 +91,7 @@ def write_db(a: argparse.Namespace) -> Path:
     """The store a command writes: the user's working store unless told otherwise; the
     reference results only when asked for by name (--reference, or --db naming them)."""
     if getattr(a, "reference", False):
-        return reference_db_path()
+        return reference_write_db_path()
     return Path(a.db) if a.db else default_db_path()
 
 
@@ -92,7 +100,7 @@ def read_dbs(a: argparse.Namespace) -> list[Path]:
     user's is compared with ours without re-running ours); --reference: ours alone."""
     if getattr(a, "reference", False):
         return [reference_db_path()]
-    mine = Path(a.db) if a.db else default_db_path()
+    mine = chosen_db_path(a.db)
     same = mine.resolve() == reference_db_path().resolve()  # --db naming the reference itself
     return [mine] if same else [mine, reference_db_path()]
 
@@ -317,7 +325,8 @@ def cmd_report(a: argparse.Namespace) -> int:
     if a.report_path:
         out = a.report_path
     elif getattr(a, "reference", False) or dbs[0].resolve() == reference_db_path().resolve():
-        out = reference_dir().parent / "REPORT.md"  # the reference store's report is the committed one
+        # the reference store's report is the committed one, beside results/ in the checkout
+        out = reference_write_db_path().parent.parent / "REPORT.md"
     else:
         out = dbs[0].parent / "REPORT.md"  # the user's report, beside the user's store
     try:
@@ -449,7 +458,7 @@ def _say(text: str) -> None:
 
 
 def cmd_runs(a: argparse.Namespace) -> int:
-    db = reference_db_path() if a.reference else write_db(a)
+    db = reference_db_path() if a.reference else chosen_db_path(a.db)
     if not db.is_file():
         ref = reference_db_path()
         hint = (

@@ -88,26 +88,65 @@ class RunClaimed(StoreError):
     """Another process holds this run's lease."""
 
 
-# The project's reference results (committed with it) live in `results/` at the root of the
-# checkout this package is installed from (an editable install); a user's own runs go to a
-# git-ignored working store, `runs/ladder.db` in the current directory, unless told otherwise.
-CHECKOUT_DIR = Path(__file__).resolve().parents[3]
+# The project's reference results are committed with it in `results/` of the checkout; a
+# checkout (an editable install) reads and writes them there. A built package carries a
+# compact read-only copy as package data (`reference/ladder.db`, made by setup.py), which is
+# read in place and never written. A user's own runs go to a git-ignored working store,
+# `runs/ladder.db` in the current directory, unless told otherwise.
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+CHECKOUT_DIR = PACKAGE_DIR.parents[1]  # src/mnist_ladder -> the checkout, when it is one
+SHIPPED_REFERENCE_DIR = PACKAGE_DIR / "reference"
+DB_ENV = "MNIST_LADDER_DB"
+REFERENCE_ENV = "MNIST_LADDER_REFERENCE"
 
 
 def default_db_path() -> Path:
     """The user's working store: $MNIST_LADDER_DB, else runs/ladder.db here."""
-    return Path(os.environ.get("MNIST_LADDER_DB", "runs/ladder.db"))
+    return Path(os.environ.get(DB_ENV, "runs/ladder.db"))
+
+
+def chosen_db_path(given: str | Path | None) -> Path:
+    """The user's store for a reading command. One named (on the command line or in
+    $MNIST_LADDER_DB) must exist: a typo is a mistake, not an empty store. The default one
+    may be absent (no runs of the user's yet)."""
+    if given:
+        path, source = Path(given), "given"
+    elif os.environ.get(DB_ENV):
+        path, source = Path(os.environ[DB_ENV]), f"${DB_ENV}"
+    else:
+        return default_db_path()
+    if not path.is_file():
+        raise StoreError(f"no results store at {path} ({source}); a store is created by training into it")
+    return path
+
+
+def in_checkout() -> bool:
+    """Whether this package runs from a source checkout (src/ layout beside pyproject.toml)."""
+    return PACKAGE_DIR.parent.name == "src" and (CHECKOUT_DIR / "pyproject.toml").is_file()
 
 
 def reference_dir() -> Path:
-    """Where the project's reference results live: $MNIST_LADDER_REFERENCE (a folder), else
-    `results/` beside the checkout this package was installed from."""
-    env = os.environ.get("MNIST_LADDER_REFERENCE")
-    return Path(env) if env else CHECKOUT_DIR / "results"
+    """Where the project's reference results are read: $MNIST_LADDER_REFERENCE (a folder),
+    else `results/` of the checkout, else the copy shipped inside the installed package."""
+    env = os.environ.get(REFERENCE_ENV)
+    if env:
+        return Path(env)
+    return CHECKOUT_DIR / "results" if in_checkout() else SHIPPED_REFERENCE_DIR
 
 
 def reference_db_path() -> Path:
     return reference_dir() / "ladder.db"
+
+
+def reference_write_db_path() -> Path:
+    """The reference store, for a command that writes it: refused for the shipped copy."""
+    if reference_dir() == SHIPPED_REFERENCE_DIR:
+        raise StoreError(
+            "the reference results are written only from a checkout of mnist-ladder (this one "
+            f"is installed, its reference copy is read-only); set ${REFERENCE_ENV} to a folder "
+            "to keep reference runs of your own there"
+        )
+    return reference_db_path()
 
 
 def now() -> str:
