@@ -280,3 +280,64 @@ def test_killed_ladder_continues_where_it_stopped(tmp_path: Path, mnist) -> None
     con = sqlite3.connect(db)
     assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
     assert [e for (e,) in con.execute("SELECT epoch FROM epochs ORDER BY epoch")] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["report", "compare step6 step13", "runs", "show x", "predict best a.png", "export best", "serve"],
+)
+@pytest.mark.parametrize("how", ["--db", "env"])
+def test_a_named_store_that_does_not_exist_is_an_error(tmp_path: Path, command: str, how: str) -> None:
+    """A typo in --db or $MNIST_LADDER_DB is not an empty store: one line, non-zero, and the
+    old report stays as it was."""
+    (tmp_path / "runs").mkdir()
+    report = tmp_path / "runs" / "REPORT.md"
+    report.write_text("the old report")
+    typo = tmp_path / "runs" / "typo.db"
+    args = command.split()
+    env = {**os.environ}
+    if how == "--db":
+        args += ["--db", str(typo)]
+    else:
+        env["MNIST_LADDER_DB"] = str(typo)
+    r = subprocess.run(
+        [sys.executable, "-m", "mnist_ladder", *args], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert r.returncode != 0, r.stdout
+    assert f"no results store at {typo}" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert report.read_text() == "the old report" and not typo.exists()
+
+
+def test_the_default_store_may_be_absent(tmp_path: Path) -> None:
+    r = ladder("runs", cwd=tmp_path)
+    assert r.returncode == 0 and "no runs" in r.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_store_schema_versions(tmp_path: Path) -> None:
+    """A store of today's version and one from before versions were recorded (0) open and are
+    brought to today's version when written; one from a newer version is one clear line."""
+    from mnist_ladder.runs.store import SCHEMA_VERSION, Store
+
+    today = tmp_path / "today.db"
+    with Store(today) as store:
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    with Store(today, create=False) as store:
+        assert store.runs() == []
+    old = tmp_path / "old.db"
+    with Store(old) as store:  # a 0.1 store: version 0, without the later columns
+        store.db.execute("PRAGMA user_version=0")
+    with sqlite3.connect(old) as db:
+        db.execute("ALTER TABLE runs DROP COLUMN training_id")
+    with Store(old, create=False) as store:
+        assert store.runs() == []
+    with Store(old) as store:
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert "training_id" in {r[1] for r in store.db.execute("PRAGMA table_info(runs)")}
+    newer = tmp_path / "newer.db"
+    with Store(newer) as store:
+        store.db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    r = ladder("runs", "--db", str(newer), cwd=tmp_path)
+    assert r.returncode != 0 and "made by a newer mnist-ladder" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr

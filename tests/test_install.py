@@ -88,7 +88,10 @@ def package_files(package: Path) -> set[str]:
 def test_the_wheel_carries_the_reference_results_and_is_small(installed) -> None:
     reference = installed["package"] / "reference"
     assert sorted(p.name for p in reference.iterdir()) == ["ladder.db"]
-    assert installed["wheel"].stat().st_size < 8_000_000  # Step 0's 25 MB weights stay out
+    size = installed["wheel"].stat().st_size
+    assert size < 8_000_000  # Step 0's 25 MB weights stay out
+    stated = re.search(r"The wheel \(about ([\d.]+) MB\)", (ROOT / "README.md").read_text())
+    assert stated and abs(float(stated.group(1)) * 1e6 - size) < 0.15 * size  # the README says its size
 
 
 def test_a_user_climbs_from_an_empty_folder(installed) -> None:
