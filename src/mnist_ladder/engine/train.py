@@ -22,7 +22,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, LadderError
 from . import augment as aug
 from . import fused
 from .data import MEAN, MNIST, STD
@@ -276,6 +276,18 @@ def augmented(
     return x_epoch
 
 
+class Diverged(LadderError):
+    """The training loss became NaN or infinite: the run cannot mean anything after it."""
+
+    def __init__(self, batch: int, batches: int, epoch: int | None = None) -> None:
+        self.batch, self.batches, self.epoch = batch, batches, epoch
+        super().__init__(self.where())
+
+    def where(self) -> str:
+        at = f"epoch {self.epoch}, " if self.epoch is not None else ""
+        return f"the training loss became NaN or infinite at {at}batch {self.batch} of {self.batches}"
+
+
 def train(
     state: TrainState, data: DeviceData, recipe: Recipe, amp: bool = False, desc: str = ""
 ) -> tuple[float, float]:
@@ -292,10 +304,23 @@ def train(
     y_epoch = data.train_y[order]
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    with _progress(math.ceil(n / batch_size), desc) as bar:
-        for start in range(0, n, batch_size):
+    # The first batch whose loss is not finite, kept on the device: reading it every batch
+    # would stall an accelerator's queue, so it is read every few batches there (every
+    # batch on the CPU, where reading costs nothing), and training stops at once.
+    first_nonfinite = torch.full((), -1, device=device, dtype=torch.long)
+    check_every = 1 if device.type == "cpu" else 16
+    batches = math.ceil(n / batch_size)
+    with _progress(batches, desc) as bar:
+        for batch, start in enumerate(range(0, n, batch_size)):
             x, y = x_epoch[start : start + batch_size], y_epoch[start : start + batch_size]
             loss, logits = optimizer_step(model, optimizer, x, y, recipe, amp)
+            first_nonfinite = torch.where(
+                (first_nonfinite < 0) & ~torch.isfinite(loss.detach()), batch, first_nonfinite
+            )
+            if (batch % check_every == check_every - 1 or batch == batches - 1) and (
+                bad := int(first_nonfinite)
+            ) >= 0:
+                raise Diverged(bad + 1, batches)
             if state.per_batch:
                 scheduler.step()
             if ema is not None:
@@ -400,9 +425,12 @@ def fit(
         epoch_recipe = (
             recipe if epoch <= recipe.epochs - recipe.clean_last else replace(recipe, augment=aug.Augment())
         )
-        train_loss, train_acc = train(
-            state, data, epoch_recipe, amp, desc=f"{step.name} epoch {epoch}/{recipe.epochs}"
-        )
+        try:
+            train_loss, train_acc = train(
+                state, data, epoch_recipe, amp, desc=f"{step.name} epoch {epoch}/{recipe.epochs}"
+            )
+        except Diverged as e:
+            raise Diverged(e.batch, e.batches, epoch) from None
         if state.scheduler is not None and not state.per_batch:
             state.scheduler.step()
         scores = {name: test(state.eval_model, x, y, amp) for name, (x, y) in data.eval_sets.items()}

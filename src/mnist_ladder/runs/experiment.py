@@ -9,6 +9,7 @@ import io
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import time
@@ -26,7 +27,16 @@ from ..engine.data import MNIST
 from ..engine.identity import engine_hash
 from ..engine.models import count_parameters
 from ..engine.probe import resolve
-from ..engine.train import EpochResult, TrainState, fit, new_state, pick_amp, pick_device, prepare
+from ..engine.train import (
+    Diverged,
+    EpochResult,
+    TrainState,
+    fit,
+    new_state,
+    pick_amp,
+    pick_device,
+    prepare,
+)
 from ..steps import Recipe, Step
 from .identity import training_identity
 from .store import Heartbeat, RunClaimed, RunRow, Store, StoreError, new_owner, now
@@ -221,7 +231,14 @@ def resume_target(store: Store, ref: str) -> tuple[RunRow, Spec]:
         raise RunError(f"run {row.id} already finished")
     if row.effective_status == "running":
         raise RunError(f"run {row.id} is still running (pid {row.pid} on {row.host})")
-    spec = Spec.from_dict(load_checkpoint(Path(row.run_dir) / CHECKPOINT)["spec"])
+    folder = Path(row.run_dir)
+    if (folder / CHECKPOINT).is_file():
+        spec = Spec.from_dict(load_checkpoint(folder / CHECKPOINT)["spec"])
+    else:  # stopped before its first checkpoint (a full disk): it starts again from its config
+        try:
+            spec = Spec.from_dict(json.loads((folder / CONFIG).read_text())["spec"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise RunError(f"{folder}: no checkpoint and no readable {CONFIG}: start a new run") from e
     return row, spec
 
 
@@ -281,7 +298,8 @@ def execute(
     data = prepare(
         mnist, device, val=spec.val, train_limit=spec.train_limit, eval_limit=spec.eval_limit, test=spec.test
     )
-    ckpt = load_checkpoint(Path(resume.run_dir) / CHECKPOINT) if resume is not None else None
+    has_checkpoint = resume is not None and (Path(resume.run_dir) / CHECKPOINT).is_file()
+    ckpt = load_checkpoint(Path(resume.run_dir) / CHECKPOINT) if has_checkpoint else None
     if ckpt is not None:
         layout = ckpt.get("layout", "cl")
     else:
@@ -291,8 +309,9 @@ def execute(
     if resume is not None:
         run_id, run_dir = resume.id, Path(resume.run_dir)
         store.claim(run_id, owner)
-        state.load_state_dict(ckpt["state"])
-        prior_seconds = ckpt["wall_seconds"]
+        if ckpt is not None:
+            state.load_state_dict(ckpt["state"])
+        prior_seconds = ckpt["wall_seconds"] if ckpt is not None else 0.0
         # The checkpoint is the record of what ran: epochs it holds that the store lost (a
         # store restored from an older copy under a live run) are written back.
         for result in state.history[len(store.epochs(run_id)) :]:
@@ -337,7 +356,14 @@ def execute(
         except RunClaimed:
             run_dir.rmdir()
             raise
-        write_atomic(run_dir / CONFIG, json.dumps({**asdict(row), "spec": spec.to_dict()}, indent=2))
+        try:
+            write_atomic(run_dir / CONFIG, json.dumps({**asdict(row), "spec": spec.to_dict()}, indent=2))
+        except OSError as e:  # nothing trained yet: nothing to keep, nothing half-written
+            store.delete_run(run_id)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise RunError(
+                f"cannot write the run's {CONFIG} in {run_dir} ({e.strerror or e}); nothing recorded"
+            ) from None
         prior_seconds = 0.0
     t0 = time.perf_counter()
 
@@ -376,6 +402,15 @@ def execute(
     except KeyboardInterrupt:
         stop("interrupted")
         raise
+    except Diverged as e:  # stored, so that the attempt is seen, but never a result
+        stop("diverged", e.where())
+        raise RunError(
+            f"run {run_id} diverged: {e.where()}; stored as diverged (no weights, never a "
+            "step's result); lower the learning rate or check the model"
+        ) from None
+    except RunError:  # a checkpoint that could not be written: every epoch before it holds
+        stop("interrupted")
+        raise
     except StoreError as e:
         stop("interrupted")
         raise StoreError(
@@ -386,21 +421,29 @@ def execute(
     except BaseException as e:
         stop("failed", f"{type(e).__name__}: {e}")
         raise
-    save_torch(
-        {
-            "step": spec.step,
-            "arch": spec.arch,
-            "params": count_parameters(state.model),
-            "step_file": spec.step_file,
-            "step_hash": spec.step_hash,
-            "state_dict": state.eval_model.state_dict(),
-        },
-        run_dir / WEIGHTS,
-    )
-    if (run_dir / WEIGHTS).stat().st_size <= STORE_WEIGHTS_MAX_BYTES:
-        store.put_weights(run_id, (run_dir / WEIGHTS).read_bytes())
-    store.set_status(run_id, "finished", prior_seconds + time.perf_counter() - t0)
-    store.release(run_id, owner)
+    try:
+        save_torch(
+            {
+                "step": spec.step,
+                "arch": spec.arch,
+                "params": count_parameters(state.model),
+                "step_file": spec.step_file,
+                "step_hash": spec.step_hash,
+                "state_dict": state.eval_model.state_dict(),
+            },
+            run_dir / WEIGHTS,
+        )
+        if (run_dir / WEIGHTS).stat().st_size <= STORE_WEIGHTS_MAX_BYTES:
+            store.put_weights(run_id, (run_dir / WEIGHTS).read_bytes())
+        store.set_status(run_id, "finished", prior_seconds + time.perf_counter() - t0)
+        store.release(run_id, owner)
+    except (OSError, StoreError) as e:  # every epoch is in the checkpoint: a resume ends it
+        stop("interrupted")
+        why = e.strerror or e if isinstance(e, OSError) else e
+        raise RunError(
+            f"could not record run {run_id}'s final weights ({why}); every epoch is in its "
+            f"checkpoint: free space, then `ladder run --resume {run_dir}`"
+        ) from None
     return store.run(run_id)
 
 

@@ -12,6 +12,7 @@ known by its lapsed lease, not by whether some process holds its old pid.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -45,7 +46,7 @@ CREATE TABLE IF NOT EXISTS runs (
     pid INTEGER NOT NULL,
     started TEXT NOT NULL,
     finished TEXT,
-    status TEXT NOT NULL,            -- running | finished | interrupted | failed
+    status TEXT NOT NULL,            -- running | finished | interrupted | failed | diverged
     wall_seconds REAL,
     note TEXT
 );
@@ -192,7 +193,9 @@ class RunRow:
             return self.status
         if self.host == socket.gethostname() and not _alive(self.pid):
             return "interrupted"
-        if self.lease_until is not None and self.lease_until <= time.time():
+        # Every live run holds a lease (claimed with its row): none, or a lapsed one, means
+        # no process trains it, whatever process holds its old pid now.
+        if self.lease_until is None or self.lease_until <= time.time():
             return "interrupted"
         return self.status
 
@@ -205,6 +208,28 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _store_errors(method):
+    """SQLite's own errors (a full disk, a locked or damaged file) as one StoreError line."""
+
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as e:
+            raise StoreError(f"results store {self.path}: {e}") from None
+
+    return wrapped
+
+
+# What a store must have to be one of ours (another program's database with a `runs` table
+# is refused at open, not misread later): the first version's columns.
+REQUIRED_COLUMNS = {
+    "runs": {f.name for f in fields(RunRow)} - {name for name, _ in ADDED_COLUMNS},
+    "epochs": {"run_id", "epoch", "test_acc", "val_acc"},
+    "weights": {"run_id", "data"},
+}
 
 
 class Store:
@@ -236,9 +261,9 @@ class Store:
                             self.db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
                     self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self.db.row_factory = sqlite3.Row
-            self.db.execute("SELECT 1 FROM runs LIMIT 1")  # a file that is not a store fails here
+            self._check_tables()
         except (sqlite3.Error, OSError) as e:
-            raise StoreError(f"results store {self.path}: {e}") from e
+            raise StoreError(f"results store {self.path}: {e}") from None
         self._identity = _file_identity(self.path)
 
     def _check_version(self) -> None:
@@ -249,6 +274,17 @@ class Store:
                 f"newer mnist-ladder (this one reads up to {SCHEMA_VERSION}): upgrade "
                 "mnist-ladder to read it"
             )
+
+    def _check_tables(self) -> None:
+        for table, needed in REQUIRED_COLUMNS.items():
+            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if not have:
+                raise StoreError(f"{self.path} is not an mnist-ladder results store (no {table} table)")
+            if missing := needed - have:
+                raise StoreError(
+                    f"{self.path} is not an mnist-ladder results store (its {table} table has "
+                    f"no {', '.join(sorted(missing))})"
+                )
 
     def close(self) -> None:
         """A writer folds its write-ahead log into the database file as it closes, even while
@@ -275,6 +311,7 @@ class Store:
 
     # -------------------------------------------------------- writing
 
+    @_store_errors
     def add_run(self, row: RunRow, owner: str | None = None) -> None:
         """Insert a run. With `owner`, the run is claimed in the same transaction, and refused
         while another process trains the same configuration (two `ladder ladder` at once)."""
@@ -305,6 +342,15 @@ class Store:
             raise
         self.db.commit()
 
+    @_store_errors
+    def delete_run(self, run_id: str) -> None:
+        self._check_same_file()
+        with self.db:
+            self.db.execute("DELETE FROM epochs WHERE run_id=?", (run_id,))
+            self.db.execute("DELETE FROM weights WHERE run_id=?", (run_id,))
+            self.db.execute("DELETE FROM runs WHERE id=?", (run_id,))
+
+    @_store_errors
     def add_epoch(self, run_id: str, epoch: dict) -> None:
         self._check_same_file()
         cols = ["run_id", *epoch]
@@ -314,11 +360,13 @@ class Store:
                 (run_id, *epoch.values()),
             )
 
+    @_store_errors
     def put_weights(self, run_id: str, data: bytes) -> None:
         self._check_same_file()
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO weights (run_id, data) VALUES (?, ?)", (run_id, data))
 
+    @_store_errors
     def set_status(
         self, run_id: str, status: str, wall_seconds: float | None = None, note: str | None = None
     ) -> None:
@@ -335,6 +383,7 @@ class Store:
 
     # -------------------------------------------------------- claiming a run
 
+    @_store_errors
     def claim(self, run_id: str, owner: str) -> None:
         """Take the run's lease, atomically: refused while another owner's lease is live and
         its process is not known to be dead."""
@@ -358,6 +407,7 @@ class Store:
             raise
         self.db.commit()
 
+    @_store_errors
     def release(self, run_id: str, owner: str) -> None:
         with self.db:
             self.db.execute(
@@ -383,20 +433,24 @@ class Store:
             raise StoreError(f"results store {self.path}: {e}") from e
         return [r for r in rows if status is None or r.effective_status == status]
 
+    @_store_errors
     def run(self, run_id: str) -> RunRow:
         r = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if r is None:
             raise StoreError(f"no run {run_id!r} in {self.path}")
         return self._row(r)
 
+    @_store_errors
     def epochs(self, run_id: str) -> list[dict]:
         cur = self.db.execute("SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,))
         return [dict(r) for r in cur]
 
+    @_store_errors
     def weights(self, run_id: str) -> bytes | None:
         r = self.db.execute("SELECT data FROM weights WHERE run_id = ?", (run_id,)).fetchone()
         return None if r is None else bytes(r["data"])
 
+    @_store_errors
     def ids_with_weights(self) -> set[str]:
         return {r["run_id"] for r in self.db.execute("SELECT run_id FROM weights")}
 
@@ -436,6 +490,14 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
         db.execute("SELECT 1 FROM sqlite_master LIMIT 1")
         return db
     except sqlite3.OperationalError:
+        wal = path.with_name(path.name + "-wal")
+        if wal.is_file() and wal.stat().st_size > 0:
+            # Opened immutable, SQLite would ignore the log and read stale data: refuse.
+            raise StoreError(
+                f"results store {path}: its write-ahead log ({wal.name}) holds writes not yet "
+                "folded into it, and its folder cannot be written to read them; open it once "
+                "where it can be written (any `ladder run` into it), or copy the folder"
+            ) from None
         return sqlite3.connect(f"{uri}?immutable=1", uri=True)
 
 
