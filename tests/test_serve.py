@@ -20,7 +20,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mnist_ladder.apps import cli, predict, serve
-from mnist_ladder.runs.store import Stores, reference_db_path
+from mnist_ladder.runs.store import Store, Stores, reference_db_path
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -254,8 +254,12 @@ def test_ladder_serve_errors_are_one_line(trained_step6, tmp_path: Path, capsys,
     taken = serve.bind("127.0.0.1", 0)
     with taken:
         assert cli.main(["serve", "--db", str(db), "--port", str(taken.getsockname()[1])]) == 2
+    assert cli.main(["serve", "--db", str(tmp_path / "typo.db")]) != 0
+    with Store(tmp_path / "empty.db"):
+        pass
     assert cli.main(["serve", "--db", str(tmp_path / "empty.db")]) == 2
     assert cli.main(["serve", "--db", str(db), "--port", "70000"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 3 and all(e.startswith("ladder: error: ") for e in err), err
-    assert "cannot listen" in err[0] and "no finished run" in err[1] and "cannot listen" in err[2]
+    assert len(err) == 4 and all(e.startswith("ladder: error: ") for e in err), err
+    assert "cannot listen" in err[0] and "no results store at" in err[1]
+    assert "no finished run" in err[2] and "cannot listen" in err[3]
