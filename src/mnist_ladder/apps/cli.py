@@ -15,11 +15,12 @@ import torch
 
 from .. import steps
 from ..core.errors import LadderError
+from ..core.files import safe_name
 from ..core.version import __version__
 from ..engine import data
 from ..engine.models import count_parameters
 from ..runs.catalog import Catalog, StepFileError, catalog
-from ..runs.experiment import RunOptions, make_spec
+from ..runs.experiment import MAX_SEED, RunOptions, make_spec
 from ..runs.store import (
     Store,
     StoreError,
@@ -74,8 +75,8 @@ def seed_int(text: str) -> int:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"a seed is 0 or more, got {v}")
+    if not 0 <= v <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a seed is 0 or more, at most {MAX_SEED:,}; got {v}")
     return v
 
 
@@ -241,19 +242,22 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
+MAX_SEED_COUNT = 1000  # `--seeds 5` means seeds 1-5; a count is not a seed
+
+
 def parse_seeds(text: str) -> list[int]:
     """'5' -> seeds 1..5; '1,2,7' -> those seeds."""
     try:
         if "," not in text:
             n = int(text)
-            if n <= 0:
-                raise ValueError
+            if not 0 < n <= MAX_SEED_COUNT:
+                raise argparse.ArgumentTypeError(f"{text!r}: a count of seeds is 1 to {MAX_SEED_COUNT}")
             return list(range(1, n + 1))
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give a count (5) or a list (1,2,3)") from None
-    if any(s < 0 for s in seeds):
-        raise argparse.ArgumentTypeError("seeds are 0 or more")
+    if any(not 0 <= s <= MAX_SEED for s in seeds):
+        raise argparse.ArgumentTypeError(f"seeds are 0 to {MAX_SEED:,}")
     return seeds
 
 
@@ -375,8 +379,9 @@ def cmd_predict(a: argparse.Namespace) -> int:
     for e in problems:
         print(f"ladder: error: {e}", file=sys.stderr)
     if a.show:
+        taken: set[str] = set()
         for p in preds:
-            print(f"model input for {p.path} -> {save_seen(p, a.show)}", file=sys.stderr)
+            print(f"model input for {p.path} -> {save_seen(p, a.show, taken)}", file=sys.stderr)
     if not preds and not problems:
         print("ladder: error: no images given", file=sys.stderr)
         return 2
@@ -391,7 +396,7 @@ def cmd_export(a: argparse.Namespace) -> int:
         weights = resolve_run(a.run, stores, say=_say)
     model, step_name = load_model(weights)
     suffix = ".onnx" if a.format == "onnx" else ".pt"
-    out = a.out or weights.with_name(f"{step_name}{suffix}")
+    out = a.out or weights.with_name(safe_name(step_name, "the model file's step") + suffix)
     export(model, a.format, out)
     print(f"wrote {out} ({a.format}: input 'images' [N, 1, 28, 28] in [0, 1], output logits [N, 10])")
     return 0

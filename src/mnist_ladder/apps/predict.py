@@ -9,6 +9,7 @@ at the centre.
 from __future__ import annotations
 
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -22,7 +23,7 @@ from .. import steps
 from ..core.errors import LadderError
 from ..core.files import write_atomic
 from ..engine.data import MEAN, STD
-from ..runs.experiment import WEIGHTS, RunError, load_checkpoint, weights_file
+from ..runs.experiment import MAX_MODEL_PARAMS, WEIGHTS, RunError, load_checkpoint, weights_file
 from ..runs.store import StoreError
 
 MAX_PIXELS = 40_000_000  # refused before decoding: a 20,000 x 20,000 image is 400M pixels
@@ -81,9 +82,15 @@ def load_model(weights: Path) -> tuple[nn.Module, str]:
     searched architecture, or a user's step file whose source is still the one it was trained
     from), then its weights."""
     ckpt = load_checkpoint(weights)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or not ckpt.get("step"):
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) or not ckpt.get("step"):
         raise PredictError(f"{weights}: not a mnist-ladder model file")
     step_name, arch = ckpt["step"], ckpt.get("arch")
+    stored = sum(t.numel() for t in ckpt["state_dict"].values() if isinstance(t, torch.Tensor))
+    if stored > MAX_MODEL_PARAMS:
+        raise PredictError(
+            f"{weights}: {stored:,} parameters, over the {MAX_MODEL_PARAMS:,} a model file may "
+            "hold; refused before building its network"
+        )
     try:
         if arch:
             from ..engine.family import ArchError, build
@@ -134,10 +141,14 @@ def open_image(path: Path) -> Image.Image:
     return decode_image(path, str(path))
 
 
-def decode_image(source: Path | BinaryIO, name: str) -> Image.Image:
-    """A file or the bytes of an upload -> a loaded image; `name` starts each error."""
+def decode_image(source: Path | BinaryIO, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """A file or the bytes of an upload -> a loaded image; `name` starts each error. Images
+    over `max_pixels` are refused from their header, before any decoding; Pillow's own bomb
+    warning (between its limit and twice it) is not printed: our limit is below it."""
     try:
-        img = Image.open(source)  # reads the header only
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(source)  # reads the header only
     except UnidentifiedImageError:
         raise PredictError(f"{name}: not an image (or a format Pillow cannot read)") from None
     except Image.DecompressionBombError:
@@ -145,10 +156,12 @@ def decode_image(source: Path | BinaryIO, name: str) -> Image.Image:
     except OSError as e:
         raise PredictError(f"{name}: cannot open ({e})") from None
     w, h = img.size
-    if w * h > MAX_PIXELS:
-        raise PredictError(f"{name}: {w}x{h} is over the {MAX_PIXELS:,}-pixel limit; crop or shrink it first")
+    if w * h > max_pixels:
+        raise PredictError(f"{name}: {w}x{h} is over the {max_pixels:,}-pixel limit; crop or shrink it first")
     try:
-        img.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
     except (OSError, SyntaxError, ValueError) as e:
         raise PredictError(f"{name}: damaged or truncated image ({e})") from None
     return img
@@ -243,10 +256,16 @@ def predict_files(model: nn.Module, paths: list[Path]) -> tuple[list[Prediction]
     if not good:
         return [], problems
     probs = predict_arrays(model, seen)
-    return [
-        Prediction(str(p), int(pr.argmax()), pr.tolist(), s)
-        for p, pr, s in zip(good, probs, seen, strict=True)
-    ], problems
+    preds = []
+    for p, pr, s in zip(good, probs, seen, strict=True):
+        if not torch.isfinite(pr).all():  # a broken model: no digit, and no NaN in the JSON
+            problems.append(f"{p}: {NON_FINITE}")
+        else:
+            preds.append(Prediction(str(p), int(pr.argmax()), pr.tolist(), s))
+    return preds, problems
+
+
+NON_FINITE = "the model's output is not finite (NaN or infinity): no prediction"
 
 
 def expand(inputs: list[Path]) -> tuple[list[Path], list[str]]:
@@ -277,9 +296,14 @@ def writable_folder(folder: Path) -> Path:
     return folder
 
 
-def save_seen(pred: Prediction, folder: Path) -> Path:
-    """Whole or not at all: written aside, then renamed into place."""
-    out = folder / f"{Path(pred.path).stem}-seen.png"
+def save_seen(pred: Prediction, folder: Path, taken: set[str]) -> Path:
+    """Whole or not at all: written aside, then renamed into place. `taken`: the names this
+    command wrote already (two inputs a/7.png and b/7.png keep both: 7-seen.png, 7-seen-2.png)."""
+    stem, n = f"{Path(pred.path).stem}-seen", 1
+    while (name := f"{stem}.png" if n == 1 else f"{stem}-{n}.png") in taken:
+        n += 1
+    taken.add(name)
+    out = folder / name
     image = Image.fromarray((pred.seen * 255).astype(np.uint8)).resize((112, 112), Image.Resampling.NEAREST)
     try:
         write_atomic(out, lambda tmp: image.save(tmp, format="PNG"), hidden=True)

@@ -21,6 +21,7 @@ Errors are JSON `{"error": "..."}`: 400 a bad image, 404 an unknown run, 413 too
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import re
@@ -30,6 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import torch
 import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
@@ -45,6 +47,7 @@ from ..runs.experiment import WEIGHTS
 from ..runs.results import best_run
 from ..runs.store import StoreError, Stores
 from .predict import (
+    NON_FINITE,
     PredictError,
     decode_image,
     load_model,
@@ -56,6 +59,11 @@ from .predict import (
 
 STATIC = Path(__file__).with_name("static")
 MAX_UPLOAD = 2 * 1024 * 1024  # a 280x280 canvas PNG is a few KB; a photo still fits
+# Memory, whatever arrives: at most MAX_IN_FLIGHT requests are read and decoded at once (the
+# rest wait, holding only their sockets), each at most MAX_UPLOAD bytes and SERVE_MAX_PIXELS
+# pixels, about 100 MB of decoding at the limit (RGBA plus float copies): under 0.5 GB in all.
+MAX_IN_FLIGHT = 4
+SERVE_MAX_PIXELS = 4_000_000
 MAX_MODELS = 12  # models per request: each is a forward pass, some are 6M parameters
 SIDE_BY_SIDE = ("step0", "step6", "step13")  # ticked by default beside the best, where present
 
@@ -140,6 +148,7 @@ def error(status: int, message: str) -> JSONResponse:
 
 def create_app(stores: list[Path]) -> Starlette:
     """The app over these results stores (earlier ones win where a run is in two)."""
+    in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     async def page(request: Request) -> FileResponse:
         return FileResponse(STATIC / "index.html")
@@ -157,6 +166,10 @@ def create_app(stores: list[Path]) -> Starlette:
             return error(400, "choose at least one model (?model=RUN_ID)")
         if len(ids) > MAX_MODELS:
             return error(400, f"at most {MAX_MODELS} models at once, got {len(ids)}")
+        async with in_flight:  # a bound on the memory of the requests being worked on
+            return await predict_one(request, ids)
+
+    async def predict_one(request: Request, ids: list[str]) -> JSONResponse:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > MAX_UPLOAD:
             return error(413, f"the image is over the {MAX_UPLOAD // 2**20} MB limit")
@@ -191,10 +204,12 @@ def create_app(stores: list[Path]) -> Starlette:
 
 
 def answer(image: bytes, chosen: list[ModelInfo]) -> dict:
-    seen = mnist_style(to_gray(decode_image(io.BytesIO(image), "the upload")))
+    seen = mnist_style(to_gray(decode_image(io.BytesIO(image), "the upload", SERVE_MAX_PIXELS)))
     out = []
     for m in chosen:
         probs = predict_arrays(cached_model(m.id, m.store), [seen])[0]
+        if not torch.isfinite(probs).all():
+            raise PredictError(f"model {m.id}: {NON_FINITE}")
         out.append(
             {
                 "model": m.id,

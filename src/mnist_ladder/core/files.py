@@ -10,6 +10,7 @@ folder is missing or not writable is refused before anything is written.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -79,3 +80,23 @@ def write_atomic(
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+# A name that becomes part of a file name (a run id, a step, a study, a protocol tag). Names
+# read from a store, a sweep study or a step file are data someone may have edited: each is
+# checked here before it is joined to a folder, so a store never decides where a file goes.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=,:-]{0,159}")
+
+
+class UnsafeName(LadderError, ValueError):
+    pass
+
+
+def safe_name(name: object, what: str = "name") -> str:
+    """`name` if it is one plain file-name component (no '/', no '..', no leading dot)."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise UnsafeName(
+            f"{what} {name!r} cannot name a file: letters, digits, '.', '_', '-', '=', ',' and ':' "
+            "only (at most 160, no '/' or '..')"
+        )
+    return name

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,8 +146,8 @@ def from_folder(folder: Path) -> dict[str, bytes]:
             raise DataError(f"no {name}[.gz] in {folder}")
         try:
             out[name] = _read_maybe_gz(found, name)
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
-            raise DataError(f"{found}: unreadable ({e})") from e
+        except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:  # zlib: a damaged deflate stream
+            raise DataError(f"{found}: unreadable ({e})") from None
     return out
 
 
@@ -239,10 +240,15 @@ def _write_cache(cache: Path, files: dict[str, bytes]) -> None:
 def _read_cache(cache: Path) -> dict[str, bytes]:
     if not all((cache / n).is_file() for n in FILES):
         raise DataError(f"not cached in {cache}")
-    files = {n: (cache / n).read_bytes() for n in FILES}
-    for name, blob in files.items():
+    files = {}
+    for name, (size, _) in FILES.items():
         try:
-            verify(name, blob)
+            # the size first: a file of the wrong size is not read into memory to be refused
+            have = (cache / name).stat().st_size
+            if have != size:
+                raise DataError(f"{name}: {have:,} bytes, expected {size:,}")
+            files[name] = (cache / name).read_bytes()
+            verify(name, files[name])
         except DataError as e:
             try:
                 (cache / name).unlink(missing_ok=True)

@@ -9,6 +9,7 @@ what is wrong (`StepFileError`), never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -76,6 +77,18 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+@contextlib.contextmanager
+def contained(path: Path) -> Iterator[None]:
+    """A user's step file runs inside every command that lists steps: what it prints goes to
+    stderr (stdout may be `compare --json`), and its sys.exit() ends the loading of the file,
+    not the command, which then names the file."""
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    except SystemExit as e:
+        raise StepFileError(f"{path}: the file called sys.exit({e.code!r}) while being loaded") from None
+
+
 def load_file(path: Path | str) -> Step:
     """The step a file defines, checked, with its source text attached."""
     path = Path(path)
@@ -100,7 +113,11 @@ def load_file(path: Path | str) -> Step:
     sys.modules[module_name] = module
     _loading.add(path.resolve())
     try:
-        exec(code, module.__dict__)
+        with contained(path):
+            exec(code, module.__dict__)
+    except StepFileError:
+        sys.modules.pop(module_name, None)
+        raise
     except Exception as e:  # whatever the user's file raises, reported as one line
         sys.modules.pop(module_name, None)
         raise StepFileError(
@@ -120,7 +137,8 @@ def load_file(path: Path | str) -> Step:
         )
     if step.name in steps.STEPS:
         raise StepFileError(f"{path}: step name {step.name!r} is a built-in step; give yours another name")
-    check_model(step, str(path))
+    with contained(path):
+        check_model(step, str(path))
     return replace(step, source=source, source_file=str(path.resolve()))
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from .. import steps
-from ..core.errors import LadderError
-from ..core.files import write_atomic
+from ..core.errors import ConfigError, LadderError
+from ..core.files import safe_name, write_atomic
 from ..engine.data import MNIST
 from ..engine.identity import engine_hash
 from ..engine.models import count_parameters
@@ -101,6 +101,9 @@ class Spec:
         return cls(**{**d, "recipe": Recipe.from_dict(d["recipe"])})
 
 
+MAX_SEED = 2**32 - 1  # what every generator takes (torch's and numpy's), and SQLite stores
+
+
 def make_spec(
     step: Step,
     seed: int,
@@ -114,6 +117,8 @@ def make_spec(
     test: bool = True,
 ) -> Spec:
     """The one path from a step to a run spec."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed {seed!r}: a whole number from 0 to {MAX_SEED:,}")
     recipe = recipe or step.recipe
     recipe = dataclasses.replace(
         recipe, epochs=epochs or recipe.epochs, batch_size=batch_size or recipe.batch_size
@@ -483,7 +488,7 @@ def weights_file(row: RunRow, store) -> Path | None:
     path = Path(row.run_dir) / WEIGHTS
     if path.is_absolute() and path.is_file():
         return path
-    cached = default_cache_dir() / "weights" / f"{row.id}.pt"
+    cached = default_cache_dir() / "weights" / f"{safe_name(row.id, 'a run id in the store')}.pt"
     if cached.is_file():
         return cached
     if (data := store.weights(row.id)) is None:
@@ -504,10 +509,24 @@ def _first_line(e: BaseException) -> str:
     return first.split(" In PyTorch 2.6")[0].split("weights_only=False")[0].rstrip(" ,(.")
 
 
+# Every model file and checkpoint is read through load_checkpoint, which refuses one larger
+# than this before reading it: Step 0, the largest network here (6.4M parameters), checkpoints
+# to about 77 MB with its optimizer state; a padded or foreign file is not read whole.
+MAX_CHECKPOINT_BYTES = 256 * 2**20
+# ...and a model file's network is at most this large, counted from its stored tensors
+# before any network is built (Step 0: 6.4M).
+MAX_MODEL_PARAMS = 10_000_000
+
+
 def load_checkpoint(path: Path) -> dict:
     """weights_only: a checkpoint crafted to run code when unpickled is refused."""
     if not path.is_file():
         raise RunError(f"no checkpoint at {path}")
+    if (size := path.stat().st_size) > MAX_CHECKPOINT_BYTES:
+        raise RunError(
+            f"{path}: {size:,} bytes, over the {MAX_CHECKPOINT_BYTES // 2**20} MB limit of a "
+            "model file or checkpoint; refused unread"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

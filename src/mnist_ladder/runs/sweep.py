@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
-import re
 import socket
 import statistics
 import time
@@ -26,7 +25,7 @@ import sqlalchemy.exc
 import torch
 
 from ..core.errors import LadderError
-from ..core.files import write_atomic
+from ..core.files import UnsafeName, safe_name, write_atomic
 from ..engine import family
 from ..engine.augment import SEED_AUGMENT
 from ..engine.data import MNIST
@@ -214,15 +213,13 @@ def sqlite_file(url: str) -> Path | None:
 
 # A study's name becomes part of file names (sweep-NAME.md, its plot): one plain name, never
 # a path, so that a report cannot be written outside the folder it is asked for.
-STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
 def check_study_name(name: str) -> str:
-    if not STUDY_NAME.fullmatch(name) or ".." in name:
-        raise SweepError(
-            f"study name {name!r}: use letters, digits, '.', '_' and '-' (at most 100; no '/' or '..')"
-        )
-    return name
+    try:  # the one validator of names that become file names (sweep-NAME.md)
+        return safe_name(name, "study name")
+    except UnsafeName as e:
+        raise SweepError(str(e)) from None
 
 
 @dataclass

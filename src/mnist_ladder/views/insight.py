@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import nn
 
+from ..core.files import safe_name
 from ..engine.train import normalize, to_unit
 from .summary import Field, layer_rows
 
@@ -333,6 +334,8 @@ def write_figures(
     image), PREFIXsaliency.png and PREFIXreceptive-field.png (on the first image). A model
     without a convolution is a ValueError."""
     folder = Path(folder)
+    if prefix:
+        safe_name(prefix, "a figure prefix")
     out = {name: folder / f"{prefix}{name}.png" for name in FIGURES}
     plot_kernels(model, out["kernels"])
     plot_feature_maps(model, images[0], out["feature-maps"])

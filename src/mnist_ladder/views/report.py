@@ -23,7 +23,7 @@ import torch
 
 from .. import steps
 from ..core.errors import LadderError
-from ..core.files import check_output, write_atomic
+from ..core.files import check_output, safe_name, write_atomic
 from ..core.goal import BUDGET, LAST, TARGET
 from ..runs.catalog import Catalog
 from ..runs.experiment import STORE_WEIGHTS_MAX_BYTES, weights_file
@@ -601,7 +601,7 @@ def step_section(
     lines += [f"- {o}" for o in observations(res, prev)]
     if tried:
         lines += tried_section(tried)
-    tag = f"{s.name}-{res.label}"
+    tag = safe_name(f"{s.name}-{res.label}", "a figure name")  # names read from a store
     plot_curves(res, figs / f"{tag}-curves.png")
     lines += ["", f"![{s.name} curves]({rel}/{tag}-curves.png)"]
     # The first seed whose final weights are at hand (its run folder on this machine, or the
