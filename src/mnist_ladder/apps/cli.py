@@ -106,10 +106,11 @@ def read_dbs(a: argparse.Namespace) -> list[Path]:
     return [mine] if same else [mine, reference_db_path()]
 
 
-def open_stores(a: argparse.Namespace) -> Stores:
+def open_stores(a: argparse.Namespace, needed: bool = True) -> Stores:
+    """The stores a command reads; `needed=False`: none is fine (a model file named by path)."""
     paths = read_dbs(a)
     stores = Stores(paths)
-    if not stores.stores:
+    if needed and not stores.stores:
         raise StoreError(
             "no results store at "
             + " or ".join(str(p) for p in paths)
@@ -354,7 +355,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
     if a.show:
         writable_folder(a.show)
-    with open_stores(a) as stores:
+    with open_stores(a, needed=not Path(a.run).exists()) as stores:
         model, step_name = load_model(resolve_run(a.run, stores, say=_say))
     files, notes = expand(a.images)
     preds, problems = predict_files(model, files)
@@ -392,7 +393,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     from .export import export
     from .predict import load_model, resolve_run
 
-    with open_stores(a) as stores:
+    with open_stores(a, needed=not Path(a.run).exists()) as stores:
         weights = resolve_run(a.run, stores, say=_say)
     model, step_name = load_model(weights)
     suffix = ".onnx" if a.format == "onnx" else ".pt"

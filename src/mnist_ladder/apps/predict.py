@@ -157,12 +157,14 @@ def decode_image(source: Path | BinaryIO, name: str, max_pixels: int = MAX_PIXEL
         raise PredictError(f"{name}: cannot open ({e})") from None
     w, h = img.size
     if w * h > max_pixels:
+        img.close()
         raise PredictError(f"{name}: {w}x{h} is over the {max_pixels:,}-pixel limit; crop or shrink it first")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
     except (OSError, SyntaxError, ValueError) as e:
+        img.close()
         raise PredictError(f"{name}: damaged or truncated image ({e})") from None
     return img
 

@@ -100,3 +100,12 @@ def safe_name(name: object, what: str = "name") -> str:
             "only (at most 160, no '/' or '..')"
         )
     return name
+
+
+def save_figure(fig, path: Path | str, dpi: int) -> Path:
+    """A matplotlib figure into `path` through write_atomic (so a FIFO or a device named as
+    the figure is refused, and a half-drawn file never appears); the format from the suffix."""
+    kind = Path(path).suffix.lstrip(".").lower() or "png"
+    return write_atomic(
+        path, lambda tmp: fig.savefig(tmp, format=kind, dpi=dpi), make_parent=True, hidden=True
+    )

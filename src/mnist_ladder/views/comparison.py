@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from ..core.errors import LadderError
+from ..core.files import save_figure
 from ..core.goal import LAST, MIN_SEEDS, TARGET
 from ..runs.results import Side
 from ..steps import Recipe
@@ -420,4 +421,4 @@ def plot(c: Comparison, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    save_figure(fig, path, 80)

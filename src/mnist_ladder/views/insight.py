@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import nn
 
-from ..core.files import safe_name
+from ..core.files import safe_name, save_figure
 from ..engine.train import normalize, to_unit
 from .summary import Field, layer_rows
 
@@ -66,7 +66,7 @@ class Shown(Figure):
 
 def _done(fig: Figure, path: Path | None) -> Figure:
     if path is not None:
-        fig.savefig(Path(path), dpi=DPI)
+        save_figure(fig, path, DPI)
     return fig
 
 

@@ -23,7 +23,7 @@ import torch
 
 from .. import steps
 from ..core.errors import LadderError
-from ..core.files import check_output, safe_name, write_atomic
+from ..core.files import check_output, safe_name, save_figure, write_atomic
 from ..core.goal import BUDGET, LAST, TARGET
 from ..runs.catalog import Catalog
 from ..runs.experiment import STORE_WEIGHTS_MAX_BYTES, weights_file
@@ -282,7 +282,7 @@ def plot_curves(res: StepResults, path: Path) -> None:
     axes.flat[-1].axis("off")
     fig.suptitle(f"{res.step.name}: {res.step.title} ({res.protocol} protocol)")
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path, DPI)
     plt.close(fig)
 
 
@@ -319,7 +319,7 @@ def plot_misclassified(
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path, DPI)
     plt.close(fig)
     return len(wrong)
 
@@ -348,7 +348,7 @@ def plot_confusion(pred: torch.Tensor, labels: torch.Tensor, title: str, path: P
     ax.set_ylabel("true")
     ax.set_title(f"{title}: confusion (errors shaded)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path, DPI)
     plt.close(fig)
 
 
@@ -409,7 +409,7 @@ def plot_params_vs_accuracy(results: list[StepResults], path: Path) -> None:
     if not frontier:
         zoom.text(0.5, 0.5, "no step near the target yet", ha="center", transform=zoom.transAxes)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path, DPI)
     plt.close(fig)
 
 
