@@ -5,6 +5,7 @@ the results store, checkpointed every epoch so an interrupted run continues wher
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import json
 import os
@@ -453,7 +454,13 @@ def execute(
 
 
 def save_torch(obj: object, path: Path) -> None:
-    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+    def write(tmp: Path) -> None:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:  # torch's zip writer reports a failed write (a full disk) so
+            raise OSError(errno.EIO, f"writing failed, is the disk full? ({_first_line(e)})") from None
+
+    write_atomic(path, write)
 
 
 def register_folder(run_dir: Path, store: Store) -> RunRow:
