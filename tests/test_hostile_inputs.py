@@ -193,8 +193,8 @@ def test_a_read_only_store_with_an_unfolded_log_is_not_read_stale(tmp_path: Path
             assert "r1" in out.out
         else:
             assert "write-ahead log" in out.err and len(out.err.strip().splitlines()) == 1
-    finally:
-        subprocess.run(["umount", str(mnt)])
+    finally:  # lazily, so that a file a bug left open never leaves the mount behind
+        subprocess.run(["umount", "-l", str(mnt)])
 
 
 def test_a_step_file_that_exits_or_prints_is_contained(tmp_path: Path, capsys, trained_step6) -> None:

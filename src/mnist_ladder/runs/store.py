@@ -485,11 +485,12 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
     """Open without writing anything: mode=ro. A store in WAL mode whose folder cannot take
     the -shm file (a read-only checkout) is opened as immutable instead."""
     uri = path.resolve().as_uri()
+    db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
     try:
-        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
         db.execute("SELECT 1 FROM sqlite_master LIMIT 1")
         return db
     except sqlite3.OperationalError:
+        db.close()
         wal = path.with_name(path.name + "-wal")
         if wal.is_file() and wal.stat().st_size > 0:
             # Opened immutable, SQLite would ignore the log and read stale data: refuse.
