@@ -28,6 +28,7 @@ from ..runs.store import StoreError
 
 MAX_PIXELS = 40_000_000  # refused before decoding: a 20,000 x 20,000 image is 400M pixels
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own bomb check, at the same limit
+NON_FINITE = "the model's output is not finite (NaN or infinity): no prediction"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm"}
 
 
@@ -265,9 +266,6 @@ def predict_files(model: nn.Module, paths: list[Path]) -> tuple[list[Prediction]
         else:
             preds.append(Prediction(str(p), int(pr.argmax()), pr.tolist(), s))
     return preds, problems
-
-
-NON_FINITE = "the model's output is not finite (NaN or infinity): no prediction"
 
 
 def expand(inputs: list[Path]) -> tuple[list[Path], list[str]]:

@@ -262,8 +262,12 @@ class Store:
                     self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self.db.row_factory = sqlite3.Row
             self._check_tables()
-        except (sqlite3.Error, OSError) as e:
-            raise StoreError(f"results store {self.path}: {e}") from None
+        except BaseException as e:  # refused: the connection closes with it (an open file
+            if hasattr(self, "db"):  # keeps its filesystem busy)
+                self.db.close()
+            if isinstance(e, (sqlite3.Error, OSError)):
+                raise StoreError(f"results store {self.path}: {e}") from None
+            raise
         self._identity = _file_identity(self.path)
 
     def _check_version(self) -> None:
@@ -423,14 +427,12 @@ class Store:
         known = {f.name for f in fields(RunRow)}
         return RunRow(**{k: v for k, v in d.items() if k in known})
 
+    @_store_errors
     def runs(self, step: str | None = None, status: str | None = None) -> list[RunRow]:
         q, args = "SELECT * FROM runs", []
         if step:
             q, args = q + " WHERE step = ?", [step]
-        try:
-            rows = [self._row(r) for r in self.db.execute(q + " ORDER BY started, id", args)]
-        except sqlite3.Error as e:
-            raise StoreError(f"results store {self.path}: {e}") from e
+        rows = [self._row(r) for r in self.db.execute(q + " ORDER BY started, id", args)]
         return [r for r in rows if status is None or r.effective_status == status]
 
     @_store_errors
