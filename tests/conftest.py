@@ -140,11 +140,11 @@ def sweep_worker():
 
 @contextlib.contextmanager
 def ctrl_c_after_epochs(monkeypatch, epochs: int = 2):
-    """Within it, `experiment.fit` raises KeyboardInterrupt after `epochs` epochs, as Ctrl-C
+    """Within it, `experiment.fit_seeds` raises KeyboardInterrupt after `epochs` epochs, as Ctrl-C
     would mid-run; the real `fit` is back afterwards."""
     from mnist_ladder.runs import experiment
 
-    real_fit = experiment.fit
+    real_fit = experiment.fit_seeds
 
     def fit_then_ctrl_c(*a, **kw):
         for i, r in enumerate(real_fit(*a, **kw)):
@@ -152,8 +152,8 @@ def ctrl_c_after_epochs(monkeypatch, epochs: int = 2):
             if i == epochs - 1:
                 raise KeyboardInterrupt
 
-    monkeypatch.setattr(experiment, "fit", fit_then_ctrl_c)
+    monkeypatch.setattr(experiment, "fit_seeds", fit_then_ctrl_c)
     try:
         yield
     finally:
-        monkeypatch.setattr(experiment, "fit", real_fit)
+        monkeypatch.setattr(experiment, "fit_seeds", real_fit)

@@ -48,7 +48,7 @@ def test_step6_learns_on_the_device_with_its_augmentation_under_bf16(mnist, devi
     assert out.device.type == device.type and out.shape == x.shape and not torch.equal(out, x)
 
     state = T.new_state(step, recipe, data, 1, device)
-    assert state.generator.device.type == device.type
+    assert state.generators[0].device.type == device.type
     seen: list[tuple[torch.device, torch.dtype, torch.dtype]] = []
     first_conv = next(m for m in state.model.modules() if isinstance(m, nn.Conv2d))
 

@@ -46,7 +46,7 @@ POINTS = {
     "checkpoint": ("save_torch", experiment.CHECKPOINT, 2),
     "metrics": ("write_atomic", experiment.METRICS, 2),
     "final weights": ("save_torch", experiment.WEIGHTS, 1),
-    "epoch row": ("store", "add_epoch", 2),
+    "epoch row": ("store", "add_epochs", 2),
     "weights row": ("store", "put_weights", 1),
     "finishing row": ("store", "set_status", 1),
 }
@@ -100,7 +100,7 @@ def test_a_full_disk_anywhere_is_one_line_and_the_run_resumes(
             (left,) = store.runs()
             assert left.effective_status == "interrupted"
             assert all(p.stat().st_size > 0 for p in Path(left.run_dir).iterdir())
-            again, again_spec = experiment.resume_target(store, left.run_dir)
+            (again,), (again_spec,) = experiment.resume_target(store, left.run_dir)
             row = execute(again_spec, mnist, store, out, resume=again)
         assert row.status == "finished"
         assert [e["epoch"] for e in store.epochs(row.id)] == [1, 2]

@@ -45,14 +45,14 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, mnist, monkeypatch
 def test_resume_writes_back_epochs_the_store_lost(tmp_path: Path, mnist, monkeypatch) -> None:
     store = Store(tmp_path / "l.db")
     run_spec = spec(3)
-    real_add_epoch = store.add_epoch
+    real_add_epochs = store.add_epochs
     monkeypatch.setattr(
-        store, "add_epoch", lambda run_id, e: real_add_epoch(run_id, e) if e["epoch"] == 1 else None
+        store, "add_epochs", lambda epochs: real_add_epochs([(i, e) for i, e in epochs if e["epoch"] == 1])
     )  # epochs 2 and 3 never reach the store
     real_set_status = store.set_status
     monkeypatch.setattr(store, "set_status", lambda *a, **kw: None)  # nor does 'finished'
     row = experiment.execute(run_spec, mnist, store, tmp_path, device=CPU, amp=False, log=lambda s: None)
-    monkeypatch.setattr(store, "add_epoch", real_add_epoch)
+    monkeypatch.setattr(store, "add_epochs", real_add_epochs)
     monkeypatch.setattr(store, "set_status", real_set_status)
     assert len(store.epochs(row.id)) == 1
     lost = store.run(row.id)
@@ -183,7 +183,7 @@ def test_a_finished_run_s_weights_outlive_its_run_folder(tmp_path: Path, mnist, 
     restored = predict.resolve_run(row.id, store)
     assert restored == tmp_path / "cache" / "weights" / f"{row.id}.pt"
     assert restored.read_bytes() == saved and not Path(row.run_dir).exists()
-    model, step = predict.load_model(restored)
+    model, step = experiment.load_model(restored)
     assert step == "step7" and sum(p.numel() for p in model.parameters()) == row.params
 
 

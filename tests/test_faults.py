@@ -29,7 +29,7 @@ from mnist_ladder import steps
 from mnist_ladder.apps import predict
 from mnist_ladder.engine import data, family
 from mnist_ladder.engine.models import count_parameters
-from mnist_ladder.runs import sweep
+from mnist_ladder.runs import experiment, sweep
 from mnist_ladder.runs.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -418,7 +418,7 @@ def image_modes(digit: np.ndarray) -> dict[str, Image.Image]:
 def test_every_image_mode_gives_the_plain_digits_prediction(trained_step6, mnist, tmp_path: Path) -> None:
     db, row = trained_step6
     with Store(db, create=False) as store:
-        model, _ = predict.load_model(predict.resolve_run(row.id, store))
+        model, _ = experiment.load_model(predict.resolve_run(row.id, store))
     for i in range(10):
         big = Image.fromarray(mnist.test_images[i].numpy()).resize((112, 112), Image.Resampling.BICUBIC)
         plain = predict.mnist_style(predict.to_gray(big))

@@ -229,7 +229,7 @@ def test_training_steps_stop_page_faulting_their_activations() -> None:
     step = steps.get("step6")
     model = layout.apply(step.build(), "cl")
     opt = T.make_optimizer(model, step.recipe)
-    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
+    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128, 1))  # one seed
     T.keep_freed_memory()
     for _ in range(5):
         T.optimizer_step(model, opt, x, y, step.recipe, amp=False)

@@ -46,11 +46,11 @@ def test_the_probe_leaves_random_numbers_and_training_state_untouched(mnist) -> 
     state = T.new_state(step, step.recipe, data, 1, CPU)
     T.train(state, data, step.recipe, False)  # momentum buffers and BN statistics exist
     before = copy.deepcopy((state.model.state_dict(), state.optimizer.state_dict()))
-    rng, gen = torch.get_rng_state(), state.generator.get_state()
+    rng, gen = torch.get_rng_state(), state.generators[0].get_state()
     ms = layout.measure(step, step.recipe, CPU, False, data, rounds=1, steps_per_round=1)
     assert set(ms) == set(layout.LAYOUTS) and all(t > 0 for t in ms.values())
     assert torch.equal(torch.get_rng_state(), rng)
-    assert torch.equal(state.generator.get_state(), gen)
+    assert torch.equal(state.generators[0].get_state(), gen)
     after = (state.model.state_dict(), state.optimizer.state_dict())
     for k, v in before[0].items():
         assert torch.equal(after[0][k], v), k

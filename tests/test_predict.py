@@ -17,6 +17,7 @@ from PIL import Image
 from mnist_ladder.apps import predict
 from mnist_ladder.apps.export import export
 from mnist_ladder.engine import train
+from mnist_ladder.runs import experiment
 from mnist_ladder.runs.store import Store
 
 
@@ -50,7 +51,7 @@ def test_user_style_images_are_predicted_almost_as_well_as_tensors(
 ) -> None:
     db, row = trained_step6
     with Store(db, create=False) as store:
-        model, step = predict.load_model(predict.resolve_run(row.id, store))
+        model, step = experiment.load_model(predict.resolve_run(row.id, store))
     assert step == "step6"
     x = train.normalize(train.to_unit(mnist.test_images[:200]))
     tensor_acc = (train.predict(model, x).argmax(1) == mnist.test_labels[:200]).float().mean().item()
@@ -171,14 +172,14 @@ def test_mismatched_architecture_is_one_line(trained_step6, tmp_path: Path) -> N
     sd = torch.load(Path(row.run_dir) / "model.pt", weights_only=True)
     sd["step"] = "step4"
     torch.save(sd, tmp_path / "model.pt")
-    with pytest.raises(predict.PredictError, match="do not match step4's architecture"):
-        predict.load_model(tmp_path / "model.pt")
+    with pytest.raises(experiment.ModelFileError, match="do not match step4's architecture"):
+        experiment.load_model(tmp_path / "model.pt")
 
 
 def test_onnx_export_matches_pytorch_on_the_whole_test_set(trained_step6, mnist, tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     _db, row = trained_step6
-    model, _ = predict.load_model(Path(row.run_dir) / "model.pt")
+    model, _ = experiment.load_model(Path(row.run_dir) / "model.pt")
     path = export(model, "onnx", tmp_path / "m.onnx")
     x = train.to_unit(mnist.test_images)
     ref = predict.WithNormalization(model).eval()(x).detach().numpy()
@@ -195,7 +196,7 @@ def test_onnx_export_matches_pytorch_on_the_whole_test_set(trained_step6, mnist,
 
 def test_torchscript_export_matches_pytorch(trained_step6, mnist, tmp_path: Path) -> None:
     _db, row = trained_step6
-    model, _ = predict.load_model(Path(row.run_dir) / "model.pt")
+    model, _ = experiment.load_model(Path(row.run_dir) / "model.pt")
     path = export(model, "torchscript", tmp_path / "m.pt")
     x = train.to_unit(mnist.test_images[:500])
     with torch.inference_mode():

@@ -73,7 +73,7 @@ def test_a_dead_run_is_known_by_its_lapsed_lease_not_its_pid(tmp_path: Path) -> 
 
 
 def fit_then(action, after: int = 1):
-    real_fit = experiment.fit
+    real_fit = experiment.fit_seeds
 
     def wrapped(*a, **kw):
         for i, r in enumerate(real_fit(*a, **kw)):
@@ -95,7 +95,7 @@ def test_a_store_lost_under_a_live_run_is_said_and_the_run_recovers_from_its_fol
         if how == "replaced":
             Store(db).close()
 
-    monkeypatch.setattr(experiment, "fit", fit_then(lose))
+    monkeypatch.setattr(experiment, "fit_seeds", fit_then(lose))
     with Store(db) as store, pytest.raises(StoreError, match="deleted or replaced") as e:
         experiment.execute(spec(), mnist, store, tmp_path / "runs", device=CPU, amp=False, log=lambda s: None)
     assert "ladder run --resume" in str(e.value)

@@ -20,8 +20,9 @@ from torch import nn
 
 from . import steps
 from .core.goal import TARGET
+from .engine.pack import check_group, unpackable
 from .runs.catalog import StepFileError, catalog, inline_source
-from .runs.experiment import RunError, RunOptions, make_spec, resume_target, run
+from .runs.experiment import WEIGHTS, RunError, RunOptions, load_model, make_spec, resume_target, run
 from .runs.results import headline_key, main_set, run_sets
 from .runs.store import Store, Stores, default_db_path, reference_db_path
 from .steps import Step
@@ -71,7 +72,7 @@ class FitResult:
     run_id: str
     protocol: str  # test | val | val-only (with any data subset): which accuracy is the headline
     history: list[dict]  # one dict per epoch: lr, train/test (and val) loss and accuracy
-    model: nn.Module
+    model: nn.Module | None  # None for a seed that diverged
     db: Path
 
     @property
@@ -111,6 +112,7 @@ def fit(
     seed: int = 1,
     epochs: int | None = None,
     *,
+    seeds: list[int] | None = None,
     device: str = "auto",
     precision: str = "auto",
     val: bool = False,
@@ -124,45 +126,63 @@ def fit(
     layout: str = "auto",
     verbose: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
-) -> FitResult:
+) -> FitResult | list[FitResult]:
     """Train a step (a `Step`, a name or a step file) and record it in your store (default
-    runs/ladder.db). `train_limit`/`eval_limit` train and evaluate on the first N images, for
-    quick looks; `resume` continues an interrupted run of this same step; `on_epoch` is called
-    with each epoch's numbers as a dict (a live curve in a notebook)."""
+    runs/ladder.db). `seeds=[1, 2, 3]` trains those seeds together in one process, packed
+    into one network, and returns one result a seed. `train_limit`/`eval_limit` train and
+    evaluate on the first N images, for quick looks; `resume` continues an interrupted run
+    (with its group) of this same step; `on_epoch` is called with each epoch's numbers as a
+    dict (a live curve in a notebook)."""
     s = _as_step(step)
     options = RunOptions.pick(device, precision, layout=layout, out_dir=str(out))
     db = Path(db) if db else default_db_path()
     with Store(db) as store:
         prior = None
         if resume:
-            prior, spec = resume_target(store, resume)
-            if spec.step != s.name:
-                raise RunError(f"run {prior.id} is a run of {spec.step}, not of {s.name}")
+            prior, specs = resume_target(store, resume)
+            if specs[0].step != s.name:
+                raise RunError(f"run {prior[0].id} is a run of {specs[0].step}, not of {s.name}")
         else:
-            spec = make_spec(
-                s,
-                seed,
-                epochs=epochs,
-                batch_size=batch_size,
-                val=val or val_only,
-                train_limit=train_limit,
-                eval_limit=eval_limit,
-                test=not val_only,
+            specs = [
+                make_spec(
+                    s,
+                    one,
+                    epochs=epochs,
+                    batch_size=batch_size,
+                    val=val or val_only,
+                    train_limit=train_limit,
+                    eval_limit=eval_limit,
+                    test=not val_only,
+                )
+                for one in (seeds if seeds is not None else [seed])
+            ]
+        if len(specs) > 1:
+            check_group(s.build(), len(specs), specs[0].recipe.batch_size, torch.device(options.device))
+            if (why := unpackable(s.build())) is not None:
+                if verbose:
+                    print(f"seeds {[x.seed for x in specs]} run one after another: {why}")
+                groups = [[x] for x in specs]
+            else:
+                groups = [specs]
+        else:
+            groups = [specs]
+        rows = []
+        for group in groups:
+            rows += run(
+                group,
+                store,
+                options,
+                resume=prior,
+                step=s,
+                log=print if verbose else (lambda _: None),
+                on_result=on_epoch and (lambda r: on_epoch(dataclasses.asdict(r))),
             )
-        row = run(
-            spec,
-            store,
-            options,
-            resume=prior,
-            step=s,
-            log=print if verbose else (lambda _: None),
-            on_result=on_epoch and (lambda r: on_epoch(dataclasses.asdict(r))),
-        )
-        history = [{k: v for k, v in e.items() if k != "run_id"} for e in store.epochs(row.id)]
-    model = s.build()
-    weights = torch.load(Path(row.run_dir) / "model.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(weights["state_dict"])
-    return FitResult(s, row.id, row.protocol, history, model.eval(), db)
+        results = []
+        for row in rows:
+            history = [{k: v for k, v in e.items() if k != "run_id"} for e in store.epochs(row.id)]
+            model = load_model(Path(row.run_dir) / WEIGHTS, s)[0] if row.status == "finished" else None
+            results.append(FitResult(s, row.id, row.protocol, history, model, db))
+    return results if seeds is not None or len(results) > 1 else results[0]
 
 
 def compare(

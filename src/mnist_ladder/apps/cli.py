@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .. import steps
-from ..core.errors import LadderError
+from ..core.errors import ConfigError, LadderError
 from ..core.files import safe_name
 from ..core.version import __version__
 from ..engine import data
@@ -180,9 +180,15 @@ def run_options(a: argparse.Namespace) -> RunOptions:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    from ..engine.pack import check_group, unpackable
     from ..runs.experiment import Spec, resolve_step, resume_target, run
-    from ..runs.results import headline_key, reference_set, verdict_line
+    from ..runs.results import group_verdict, headline_key, reference_set, verdict_line
 
+    if a.seeds is not None and a.seed is not None:
+        raise ConfigError("give --seed or --seeds, not both")
+    seeds = a.seeds or [1 if a.seed is None else a.seed]
+    if a.seeds is not None and (a.resume or a.from_trial):
+        raise ConfigError("--seeds starts new runs; --resume continues a run's whole group as it was")
     options = run_options(a)
     device, amp = torch.device(options.device), options.amp
     if a.threads:
@@ -192,8 +198,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     with Store(write_db(a)) as store:
         resume = None
         if a.resume:
-            resume, spec = resume_target(store, a.resume)
-            step = resolve_step(spec)
+            resume, specs = resume_target(store, a.resume)
+            step = resolve_step(specs[0])
         elif a.from_trial:
             from ..runs import sweep
 
@@ -202,21 +208,28 @@ def cmd_run(a: argparse.Namespace) -> int:
             recipe = dataclasses.replace(
                 recipe, epochs=a.epochs or recipe.epochs, batch_size=a.batch_size or recipe.batch_size
             )
-            spec = Spec(f"trial-{name}-{number}", a.seed, recipe, a.val, a.train_limit, a.eval_limit, arch)
-            step = resolve_step(spec)
+            specs = [
+                Spec(f"trial-{name}-{number}", seeds[0], recipe, a.val, a.train_limit, a.eval_limit, arch)
+            ]
+            step = resolve_step(specs[0])
         else:
             step = named
-            spec = make_spec(
-                step,
-                a.seed,
-                epochs=a.epochs,
-                batch_size=a.batch_size,
-                val=a.val or a.val_only,
-                train_limit=a.train_limit,
-                eval_limit=a.eval_limit,
-                test=not a.val_only,
-            )
+            specs = [
+                make_spec(
+                    step,
+                    seed,
+                    epochs=a.epochs,
+                    batch_size=a.batch_size,
+                    val=a.val or a.val_only,
+                    train_limit=a.train_limit,
+                    eval_limit=a.eval_limit,
+                    test=not a.val_only,
+                )
+                for seed in seeds
+            ]
         model = step.build()
+        if len(specs) > 1:
+            check_group(model, len(specs), specs[0].recipe.batch_size, device)
         print(
             f"{step.name}: {step.title}  ({count_parameters(model):,} parameters, "
             f"device {device}, {'bf16 autocast' if amp else 'fp32'}"
@@ -224,22 +237,37 @@ def cmd_run(a: argparse.Namespace) -> int:
             + f"; results go to {store.path}"
         )
         print(summary_table(model))
-        row = run(spec, store, options, resume=resume, step=step)
-        hist = store.epochs(row.id)
-    key = headline_key(row.protocol)
-    best = max(h[key] for h in hist)
-    print(
-        f"run {row.id}: best {key[:-4]} {best:.2f}%, final {hist[-1][key]:.2f}%, "
-        f"{row.wall_seconds:.0f}s -> {row.run_dir}"
-    )
+        groups = [specs]
+        if len(specs) > 1 and (why := unpackable(model)) is not None:
+            print(f"seeds {[s.seed for s in specs]} run one after another: {why}")
+            groups = [[s] for s in specs]
+        elif len(specs) > 1:
+            print(f"seeds {[s.seed for s in specs]} trained together, packed into one network")
+        rows = []
+        for group in groups:
+            rows += run(group, store, options, resume=resume, step=step)
+        runs = [(row, store.epochs(row.id)) for row in rows]
     reference = None
-    if reference_db_path().is_file():  # this step's reference runs, else those of its base
-        with Store(reference_db_path(), create=False) as ref:
-            for candidate in filter(None, (step, step.builds_on and ladder_of(a).get(step.builds_on))):
-                reference = reference_set(ref, candidate, row)
-                if reference:
-                    break
-    print(verdict_line(row, hist, reference))
+    for row, hist in runs:
+        key = headline_key(row.protocol)
+        if row.status != "finished":
+            print(f"run {row.id}: {row.status} ({row.note})")
+            continue
+        best = max(h[key] for h in hist)
+        print(
+            f"run {row.id}: seed {row.seed}, best {key[:-4]} {best:.2f}%, final {hist[-1][key]:.2f}%, "
+            f"{row.wall_seconds:.0f}s -> {row.run_dir}"
+        )
+        if reference is None and reference_db_path().is_file():  # this step's, else its base's
+            with Store(reference_db_path(), create=False) as ref:
+                for candidate in filter(None, (step, step.builds_on and ladder_of(a).get(step.builds_on))):
+                    reference = reference_set(ref, candidate, row)
+                    if reference:
+                        break
+        if len(runs) == 1:
+            print(verdict_line(row, hist, reference))
+    if finished := [(row, hist) for row, hist in runs if row.status == "finished" and len(runs) > 1]:
+        print(group_verdict(finished, reference))
     return 0
 
 
@@ -259,6 +287,11 @@ def parse_seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r}: give a count (5) or a list (1,2,3)") from None
     if any(not 0 <= s <= MAX_SEED for s in seeds):
         raise argparse.ArgumentTypeError(f"seeds are 0 to {MAX_SEED:,}")
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"{text!r}: no seed in it")
+    if len(set(seeds)) != len(seeds):
+        twice = sorted({s for s in seeds if seeds.count(s) > 1})
+        raise argparse.ArgumentTypeError(f"{text!r}: seed {twice[0]} given twice")
     return seeds
 
 
@@ -270,7 +303,7 @@ def cmd_ladder(a: argparse.Namespace) -> int:
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
-    from ..runs.experiment import Task, made_by_other_code, run_task
+    from ..runs.experiment import Task, made_by_other_code, run_tasks
 
     options = run_options(a)
     device = torch.device(options.device)
@@ -308,16 +341,18 @@ def cmd_ladder(a: argparse.Namespace) -> int:
             "differs: the engine, the step's network or recipe, the precision or torch), and "
             "run again: " + ", ".join(f"{t.spec.step} seed {t.spec.seed} ({row.id})" for t, row in rerun)
         )
+    # A step's seeds train together, packed into one network, in one process (`pack.py`).
+    by_step = [[t for t in tasks if t.spec.step == s.name] for s in chosen]
     if a.jobs == 1:
-        for t in tasks:
-            run_id, what = run_task(t)
-            print(f"{run_id}: {what}")
+        for group in by_step:
+            for run_id, what in run_tasks(group):
+                print(f"{run_id}: {what}", flush=True)
     else:
         with ProcessPoolExecutor(a.jobs, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(run_task, t): t for t in tasks}
+            futures = [pool.submit(run_tasks, group) for group in by_step]
             for f in as_completed(futures):
-                run_id, what = f.result()
-                print(f"{run_id}: {what}", flush=True)
+                for run_id, what in f.result():
+                    print(f"{run_id}: {what}", flush=True)
     if a.report:
         return cmd_report(a)
     return 0
@@ -351,7 +386,8 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 def cmd_predict(a: argparse.Namespace) -> int:
 
-    from .predict import expand, load_model, predict_files, resolve_run, save_seen, writable_folder
+    from ..runs.experiment import load_model
+    from .predict import expand, predict_files, resolve_run, save_seen, writable_folder
 
     if a.show:
         writable_folder(a.show)
@@ -390,8 +426,9 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
+    from ..runs.experiment import load_model
     from .export import export
-    from .predict import load_model, resolve_run
+    from .predict import resolve_run
 
     with open_stores(a, needed=not Path(a.run).exists()) as stores:
         weights = resolve_run(a.run, stores, say=_say)
@@ -543,8 +580,9 @@ def show_figures(a: argparse.Namespace, run: str, stores: Stores) -> None:
     """`ladder show RUN --figures DIR`: what the run's final model sees (insight.py), on the
     MNIST test set, as the report draws it."""
     from ..engine.train import normalize, predict, to_unit
+    from ..runs.experiment import load_model
     from ..views import insight
-    from .predict import load_model, resolve_run
+    from .predict import resolve_run
 
     model, _ = load_model(resolve_run(run, stores))
     mnist = data.load(a.data_dir, a.idx_dir)
@@ -766,7 +804,13 @@ def build_parser() -> Parser:
     s = sub.add_parser("run", parents=[common, train_opts], help="train one step")
     s.add_argument("step", nargs="?", help="a step, STEP.VARIANT, or your step file (.py)")
     s.add_argument("--epochs", type=positive_int)
-    s.add_argument("--seed", type=seed_int, default=1)
+    s.add_argument("--seed", type=seed_int, default=None, help="the run's seed (default 1)")
+    s.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        default=None,
+        help="several seeds trained together in one process: a count (5 = seeds 1..5) or a list",
+    )
     s.add_argument("--batch-size", type=positive_int)
     s.add_argument("--resume", metavar="RUN", help="continue an interrupted run (its id or folder)")
     s.add_argument(

@@ -19,11 +19,10 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
-from .. import steps
 from ..core.errors import LadderError
 from ..core.files import write_atomic
 from ..engine.data import MEAN, STD
-from ..runs.experiment import MAX_MODEL_PARAMS, WEIGHTS, RunError, load_checkpoint, weights_file
+from ..runs.experiment import WEIGHTS, RunError, weights_file
 from ..runs.store import StoreError
 
 MAX_PIXELS = 40_000_000  # refused before decoding: a 20,000 x 20,000 image is 400M pixels
@@ -76,48 +75,6 @@ def resolve_run(run: str, stores, say=None) -> Path:
             f"nor in the store (status {row.effective_status})"
         )
     return weights
-
-
-def load_model(weights: Path) -> tuple[nn.Module, str]:
-    """The one model loader: a model file's network rebuilt from its step (built in, a
-    searched architecture, or a user's step file whose source is still the one it was trained
-    from), then its weights."""
-    ckpt = load_checkpoint(weights)
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) or not ckpt.get("step"):
-        raise PredictError(f"{weights}: not a mnist-ladder model file")
-    step_name, arch = ckpt["step"], ckpt.get("arch")
-    stored = sum(t.numel() for t in ckpt["state_dict"].values() if isinstance(t, torch.Tensor))
-    if stored > MAX_MODEL_PARAMS:
-        raise PredictError(
-            f"{weights}: {stored:,} parameters, over the {MAX_MODEL_PARAMS:,} a model file may "
-            "hold; refused before building its network"
-        )
-    try:
-        if arch:
-            from ..engine.family import ArchError, build
-
-            try:
-                model = build(arch)
-            except ArchError as e:
-                raise PredictError(f"{weights}: {e}") from None
-        elif ckpt.get("step_file"):
-            from ..runs.experiment import Spec, resolve_step
-
-            spec = Spec(
-                step_name, 0, steps.Recipe(), step_file=ckpt["step_file"], step_hash=ckpt.get("step_hash")
-            )
-            model = resolve_step(spec).build()
-        else:
-            model = steps.get(step_name).build()
-    except (steps.UnknownStep, RunError, ValueError) as e:
-        raise PredictError(f"{weights}: cannot rebuild {step_name}'s network ({e})") from None
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as e:
-        raise PredictError(
-            f"{weights}: weights do not match {step_name}'s architecture ({str(e).splitlines()[0]})"
-        ) from e
-    return model.eval(), step_name
 
 
 class WithNormalization(nn.Module):

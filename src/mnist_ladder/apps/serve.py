@@ -43,14 +43,13 @@ from starlette.staticfiles import StaticFiles
 from torch import nn
 
 from ..runs.catalog import catalog
-from ..runs.experiment import WEIGHTS
+from ..runs.experiment import WEIGHTS, ModelFileError, load_model
 from ..runs.results import best_run
 from ..runs.store import StoreError, Stores
 from .predict import (
     NON_FINITE,
     PredictError,
     decode_image,
-    load_model,
     mnist_style,
     predict_arrays,
     resolve_run,
@@ -186,7 +185,7 @@ def create_app(stores: list[Path]) -> Starlette:
             return error(404, f"no finished run with weights called {unknown[0]!r} in the stores")
         try:
             return JSONResponse(await run_in_threadpool(answer, bytes(body), [by_id[i] for i in ids]))
-        except PredictError as e:
+        except (PredictError, ModelFileError) as e:
             return error(400, str(e))
 
     async def store_broken(request: Request, exc: Exception) -> JSONResponse:

@@ -20,6 +20,7 @@ without a C compiler) runs the modules one by one.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -135,11 +136,49 @@ def tile_factor(channels: int, positions: int) -> int:
     return k
 
 
-def dropout_hits(n: int, p: float) -> torch.Tensor:
+def dropout_hits(n: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """The positions a dropout of rate p drops among n elements: a Poisson number of uniform
     positions (see `models.Dropout`); both paths draw them this way, so they drop the same."""
-    hits = int(torch.poisson(torch.tensor(-n * math.log1p(-p), dtype=torch.float64)))
-    return torch.randint(0, n, (hits,))
+    rate = torch.tensor(-n * math.log1p(-p), dtype=torch.float64)
+    hits = int(torch.poisson(rate, generator=generator))
+    return torch.randint(0, n, (hits,), generator=generator)
+
+
+# The generators dropout draws from while a model trains: one a seed, in the order its seeds
+# are packed (`pack.py`). Each seed's masks come from its own stream, so a seed drops the same
+# elements trained alone or packed with others, and nothing draws from torch's global
+# generator. None (a model called outside `fit`): one seed, the global generator.
+_dropout_streams: list[torch.Generator] | None = None
+
+
+@contextlib.contextmanager
+def dropout_streams(generators: list[torch.Generator]):
+    global _dropout_streams
+    before, _dropout_streams = _dropout_streams, generators
+    try:
+        yield
+    finally:
+        _dropout_streams = before
+
+
+def dropout_positions(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Where a dropout of rate p drops in `x`, as positions in channels-last order (the
+    storage order of the maps the ladder trains on; plain order for [N, F]). With K seeds
+    packed, x is [N, K*C, ...]: seed k draws the positions of its own [N, C, ...] map from
+    its stream, mapped to its channels k*C .. k*C+C-1."""
+    streams = _dropout_streams or [None]
+    k_seeds = len(streams)
+    if k_seeds == 1:
+        return dropout_hits(x.numel(), p, streams[0])
+    if x.dim() not in (2, 4):
+        raise ValueError(f"a dropout on a {x.dim()}-d map cannot be packed (2-d or 4-d only)")
+    c = x.shape[1] // k_seeds
+    n = x.numel() // k_seeds
+    parts = []
+    for k, generator in enumerate(streams):
+        hits = dropout_hits(n, p, generator)
+        parts.append(hits.div(c, rounding_mode="floor").mul_(k_seeds * c).add_(hits.remainder(c) + k * c))
+    return torch.cat(parts)
 
 
 class _Block(ctypes.Structure):
@@ -296,7 +335,7 @@ def norm_block(
             None,
         )
         return y
-    hits = dropout_hits(z.numel(), p) if p > 0 else None
+    hits = dropout_positions(z, p) if p > 0 else None
     keep = 1 / (1 - p) if p > 0 else 1.0
     return _NormBlock.apply(z, bn.weight, bn.bias, bn, pre_relu, post_relu, keep, hits)
 

@@ -32,7 +32,7 @@ class Dropout(nn.Dropout):
             return F.dropout(x, self.p, self.training)
         n = x.numel()
         mask = torch.empty_like(x, memory_format=_layout_of(x))
-        offsets = _storage_offsets(fused.dropout_hits(n, self.p), mask)
+        offsets = _storage_offsets(fused.dropout_positions(x, self.p), mask)
         mask.as_strided((n,), (1,)).fill_(1 / (1 - self.p)).index_fill_(0, offsets, 0)
         return x * mask
 

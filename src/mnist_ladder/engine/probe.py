@@ -65,7 +65,7 @@ def measure(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         x = normalize(to_unit(data.train_x[: recipe.batch_size]))
-        y = data.train_y[: recipe.batch_size]
+        y = data.train_y[: recipe.batch_size].unsqueeze(1)  # one seed
         model = step.build().to(device)
         runs = {}
         for name in LAYOUTS:

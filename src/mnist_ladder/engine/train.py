@@ -27,6 +27,7 @@ from . import augment as aug
 from . import fused
 from .data import MEAN, MNIST, STD
 from .layouts import apply
+from .pack import pack
 from .step import Recipe, Step
 
 VAL_SIZE = 10_000  # the validation protocol holds out the last 10,000 training images
@@ -170,44 +171,62 @@ def make_scheduler(opt: torch.optim.Optimizer, r: Recipe, steps_per_epoch: int):
 
 @dataclass
 class TrainState:
-    """Everything needed to continue a run exactly where it stopped."""
+    """Everything needed to continue a run, or a group of seeds trained together (`pack.py`),
+    exactly where it stopped. One entry a seed in `seeds`, `generators`, `dropout_generators`
+    and `histories`; `model` is the seeds' packed network (the network itself for one)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: object
     per_batch: bool
-    generator: torch.Generator
+    seeds: list[int]
+    generators: list[torch.Generator]  # each seed's data order and augmentation draws
+    dropout_generators: list[torch.Generator]  # each seed's dropout masks
     ema: AveragedModel | None = None  # the weights evaluated and saved when the recipe has `ema`
-    history: list[EpochResult] = field(default_factory=list)
+    histories: list[list[EpochResult]] = field(default_factory=list)
+    diverged: dict[int, Diverged] = field(default_factory=dict)  # seed index -> where
 
     @property
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def epochs_done(self) -> int:
+        return max(len(h) for h in self.histories)
 
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-            "generator": self.generator.get_state(),
+            "seeds": list(self.seeds),
+            "generators": [g.get_state() for g in self.generators],
+            "dropout_generators": [g.get_state() for g in self.dropout_generators],
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "cpu_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "history": [asdict(h) for h in self.history],
+            "histories": [[asdict(h) for h in history] for history in self.histories],
+            "diverged": {k: (d.batch, d.batches, d.epoch) for k, d in self.diverged.items()},
         }
 
     def load_state_dict(self, sd: dict) -> None:
+        if list(sd["seeds"]) != list(self.seeds):
+            raise ValueError(f"the checkpoint holds seeds {sd['seeds']}, not {self.seeds}")
         self.model.load_state_dict(sd["model"])
         self.optimizer.load_state_dict(sd["optimizer"])
         if self.scheduler:
             self.scheduler.load_state_dict(sd["scheduler"])
-        self.generator.set_state(sd["generator"])
+        for g, state in zip(self.generators, sd["generators"], strict=True):
+            g.set_state(state)
+        for g, state in zip(self.dropout_generators, sd["dropout_generators"], strict=True):
+            g.set_state(state)
         if self.ema is not None:
             self.ema.load_state_dict(sd["ema"])
         torch.set_rng_state(sd["cpu_rng"])
         if sd["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(sd["cuda_rng"])
-        self.history = [EpochResult(**h) for h in sd["history"]]
+        self.histories = [[EpochResult(**h) for h in history] for history in sd["histories"]]
+        self.diverged = {int(k): Diverged(*where) for k, where in sd.get("diverged", {}).items()}
 
 
 @dataclass
@@ -248,12 +267,18 @@ def optimizer_step(
     recipe: Recipe,
     amp: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch: forward (under autocast), loss, backward, update; returns (loss, logits)."""
+    """One batch of K seeds (x [B, K, 28, 28], y [B, K]; K = 1 for one run): forward (under
+    autocast), each seed's mean loss, backward of their sum (so each seed's gradient is its
+    own), update; returns (loss a seed [K], logits [B, K, 10])."""
     with autocast(x.device, amp):
         logits = model(x)
-    loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+    logits = logits.float().view(len(x), y.shape[1], -1)
+    per_seed = F.cross_entropy(
+        logits.flatten(0, 1), y.flatten(), reduction="none", label_smoothing=recipe.label_smoothing
+    )
+    loss = per_seed.view_as(y).mean(0)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.sum().backward()
     optimizer.step()
     return loss, logits
 
@@ -283,67 +308,103 @@ class Diverged(LadderError):
         self.batch, self.batches, self.epoch = batch, batches, epoch
         super().__init__(self.where())
 
+    def __reduce__(self):
+        return Diverged, (self.batch, self.batches, self.epoch)
+
     def where(self) -> str:
         at = f"epoch {self.epoch}, " if self.epoch is not None else ""
         return f"the training loss became NaN or infinite at {at}batch {self.batch} of {self.batches}"
 
 
+def epoch_batches(state: TrainState, data: DeviceData, recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """The epoch's images for every seed, each shuffled, augmented and normalized from its
+    own generator: x [N, K, 28, 28], y [N, K]. Batches are then plain slices, and per-batch
+    work is only the model's."""
+    n, device = len(data.train_y), data.train_y.device
+    orders = [torch.randperm(n, generator=g, device=device) for g in state.generators]
+    if len(orders) == 1:
+        x = augmented(data.train_x, orders[0], recipe.augment, state.generators[0])
+        return x, data.train_y[orders[0]].unsqueeze(1)
+    x = torch.empty(n, len(orders), 28, 28, device=device)
+    for k, (order, g) in enumerate(zip(orders, state.generators, strict=True)):
+        x[:, k] = augmented(data.train_x, order, recipe.augment, g)[:, 0]
+    return x, torch.stack([data.train_y[o] for o in orders], 1)
+
+
 def train(
     state: TrainState, data: DeviceData, recipe: Recipe, amp: bool = False, desc: str = ""
-) -> tuple[float, float]:
-    """One epoch of `state`'s model and optimizer; returns (mean loss, accuracy %) over the
-    augmented training images."""
+) -> list[tuple[float, float]]:
+    """One epoch of `state`'s seeds; returns each seed's (mean loss, accuracy %) over its
+    augmented training images. A seed whose loss stops being finite is recorded in
+    `state.diverged` and the others train on (no computation crosses seeds); when none is
+    left, Diverged is raised."""
     model, optimizer, scheduler, ema = state.model, state.optimizer, state.scheduler, state.ema
-    generator = state.generator
     model.train()
-    n, device, batch_size = len(data.train_y), data.train_y.device, recipe.batch_size
-    # The epoch's images, shuffled, augmented and normalized up front: batches are then plain
-    # slices, and per-batch work is only the model's.
-    order = torch.randperm(n, generator=generator, device=device)
-    x_epoch = augmented(data.train_x, order, recipe.augment, generator)
-    y_epoch = data.train_y[order]
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    # The first batch whose loss is not finite, kept on the device: reading it every batch
-    # would stall an accelerator's queue, so it is read every few batches there (every
-    # batch on the CPU, where reading costs nothing), and training stops at once.
-    first_nonfinite = torch.full((), -1, device=device, dtype=torch.long)
+    n, device, batch_size, seeds = len(data.train_y), data.train_y.device, recipe.batch_size, len(state.seeds)
+    x_epoch, y_epoch = epoch_batches(state, data, recipe)
+    loss_sum = torch.zeros(seeds, device=device)
+    correct = torch.zeros(seeds, device=device, dtype=torch.long)
+    # Each seed's first batch whose loss is not finite, kept on the device: reading it every
+    # batch would stall an accelerator's queue, so it is read every few batches there (every
+    # batch on the CPU, where reading costs nothing).
+    first_nonfinite = torch.full((seeds,), -1, device=device, dtype=torch.long)
     check_every = 1 if device.type == "cpu" else 16
     batches = math.ceil(n / batch_size)
-    with _progress(batches, desc) as bar:
+    with _progress(batches, desc) as bar, fused.dropout_streams(state.dropout_generators):
         for batch, start in enumerate(range(0, n, batch_size)):
             x, y = x_epoch[start : start + batch_size], y_epoch[start : start + batch_size]
             loss, logits = optimizer_step(model, optimizer, x, y, recipe, amp)
             first_nonfinite = torch.where(
                 (first_nonfinite < 0) & ~torch.isfinite(loss.detach()), batch, first_nonfinite
             )
-            if (batch % check_every == check_every - 1 or batch == batches - 1) and (
-                bad := int(first_nonfinite)
-            ) >= 0:
-                raise Diverged(bad + 1, batches)
+            if batch % check_every == check_every - 1 or batch == batches - 1:
+                for k, bad in enumerate(first_nonfinite.tolist()):
+                    if bad >= 0 and k not in state.diverged:
+                        state.diverged[k] = Diverged(bad + 1, batches)
+                if len(state.diverged) == seeds:
+                    raise state.diverged[min(state.diverged)]
             if state.per_batch:
                 scheduler.step()
             if ema is not None:
                 ema.update_parameters(model)
             loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
+            correct += (logits.argmax(2) == y).sum(0)
             bar.update()
-    return loss_sum.item() / n, 100.0 * correct.item() / n
+    return [(s / n, 100.0 * c / n) for s, c in zip(loss_sum.tolist(), correct.tolist(), strict=True)]
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, amp: bool = False, batch_size: int = 2000) -> torch.Tensor:
-    """Logits (float32) for normalized images x, in large batches."""
+def predict(
+    model: nn.Module, x: torch.Tensor, amp: bool = False, batch_size: int = 2000, seeds: int = 1
+) -> torch.Tensor:
+    """Logits (float32) for normalized images x [N, 1, 28, 28], in large batches: [N, 10],
+    or [N, K, 10] from a network of K packed seeds (each sees the same images)."""
     model.eval()
     with autocast(x.device, amp):
-        return torch.cat([model(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)])
+        logits = torch.cat(
+            [
+                model(x[i : i + batch_size].expand(-1, seeds, -1, -1)).float()
+                for i in range(0, len(x), batch_size)
+            ]
+        )
+    return logits if seeds == 1 else logits.view(len(x), seeds, -1)
 
 
 def test(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool = False) -> tuple[float, float]:
     """(mean loss, accuracy %) on a held-out set."""
-    logits = predict(model, x, amp)
-    loss = F.cross_entropy(logits, y).item()
-    return loss, 100.0 * (logits.argmax(1) == y).float().mean().item()
+    return test_seeds(model, x, y, amp, 1)[0]
+
+
+def test_seeds(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool, seeds: int
+) -> list[tuple[float, float]]:
+    """Each packed seed's (mean loss, accuracy %) on a held-out set."""
+    logits = predict(model, x, amp, seeds=seeds).view(len(x), seeds, -1)
+    scores = []
+    for k in range(seeds):
+        loss = F.cross_entropy(logits[:, k], y).item()
+        scores.append((loss, 100.0 * (logits[:, k].argmax(1) == y).float().mean().item()))
+    return scores
 
 
 # ---------------------------------------------------------------- fit
@@ -381,19 +442,47 @@ def build_model(step: Step, device: torch.device, layout: str = "cl") -> nn.Modu
     return apply(step.build(), layout).to(device)
 
 
+# Seed s's dropout stream is seeded with s + DROPOUT_STREAM: apart from its data generator
+# (seeded with s), and from every other seed's, since seeds stop at 2**32 - 1.
+DROPOUT_STREAM = 2**32
+
+
 def new_state(
-    step: Step, recipe: Recipe, data: DeviceData, seed: int, device: torch.device, layout: str = "cl"
+    step: Step,
+    recipe: Recipe,
+    data: DeviceData,
+    seeds: int | list[int],
+    device: torch.device,
+    layout: str = "cl",
 ) -> TrainState:
-    set_determinism(seed)
-    model = build_model(step, device, layout)
+    """A fresh start for one seed or several trained together (`pack.py`): each seed's
+    network is built after seeding torch with it, so it starts from the weights a run of that
+    seed alone starts from."""
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    networks = []
+    for seed in seeds:
+        set_determinism(seed)
+        networks.append(step.build())
+    model = apply(pack(networks), layout).to(device)
     optimizer = make_optimizer(model, recipe)
     steps_per_epoch = math.ceil(len(data.train_y) / recipe.batch_size)
     scheduler, per_batch = make_scheduler(optimizer, recipe, steps_per_epoch)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    dropout_generators = [torch.Generator().manual_seed(s + DROPOUT_STREAM) for s in seeds]
     # BatchNorm statistics are averaged with the weights (use_buffers), so the EMA model
     # evaluates without a recalibration pass.
     ema = AveragedModel(model, multi_avg_fn=ema_update(recipe.ema), use_buffers=True) if recipe.ema else None
-    return TrainState(model, optimizer, scheduler, per_batch, generator, ema)
+    return TrainState(
+        model,
+        optimizer,
+        scheduler,
+        per_batch,
+        seeds,
+        generators,
+        dropout_generators,
+        ema,
+        [[] for _ in seeds],
+    )
 
 
 def fit(
@@ -412,12 +501,35 @@ def fit(
     Pass `state` (from `new_state` + `load_state_dict`) to continue an interrupted run.
     `on_epoch` runs after each epoch, before the result is yielded (e.g. to checkpoint).
     """
+    state = state or new_state(step, recipe, data, seed, data.train_y.device, layout)
+    if len(state.seeds) != 1:
+        raise ValueError("fit trains one seed; fit_seeds trains several together")
+    for results, st in fit_seeds(step, data, recipe, amp=amp, state=state):
+        if on_epoch:
+            on_epoch(results[0], st)
+        yield results[0]
+
+
+def fit_seeds(
+    step: Step,
+    data: DeviceData,
+    recipe: Recipe,
+    *,
+    seeds: list[int] | None = None,
+    amp: bool = False,
+    state: TrainState | None = None,
+    layout: str = "cl",
+) -> Iterator[tuple[list[EpochResult | None], TrainState]]:
+    """Train `step`'s network for each of `seeds` at once, packed (`pack.py`; or continue
+    `state`), and yield after every epoch each seed's EpochResult (None for a seed that
+    diverged) with the state, to checkpoint before the results are recorded."""
     device = data.train_y.device
     if device.type == "cpu":
         keep_freed_memory()
     if state is None:
-        state = new_state(step, recipe, data, seed, device, layout)
-    for epoch in range(len(state.history) + 1, recipe.epochs + 1):
+        state = new_state(step, recipe, data, seeds or [1], device, layout)
+    k_seeds = len(state.seeds)
+    for epoch in range(state.epochs_done + 1, recipe.epochs + 1):
         t0 = time.perf_counter()
         lr = state.optimizer.param_groups[0]["lr"]
         # Augmentation stops for the last `clean_last` epochs: a small network that can no
@@ -426,26 +538,37 @@ def fit(
             recipe if epoch <= recipe.epochs - recipe.clean_last else replace(recipe, augment=aug.Augment())
         )
         try:
-            train_loss, train_acc = train(
-                state, data, epoch_recipe, amp, desc=f"{step.name} epoch {epoch}/{recipe.epochs}"
-            )
+            trained = train(state, data, epoch_recipe, amp, desc=f"{step.name} epoch {epoch}/{recipe.epochs}")
         except Diverged as e:
+            for k, d in state.diverged.items():
+                if d.epoch is None:
+                    state.diverged[k] = Diverged(d.batch, d.batches, epoch)
             raise Diverged(e.batch, e.batches, epoch) from None
+        for k, d in state.diverged.items():
+            if d.epoch is None:
+                state.diverged[k] = Diverged(d.batch, d.batches, epoch)
         if state.scheduler is not None and not state.per_batch:
             state.scheduler.step()
-        scores = {name: test(state.eval_model, x, y, amp) for name, (x, y) in data.eval_sets.items()}
-        val = scores.get("val", (None, None))
-        result = EpochResult(
-            epoch,
-            lr,
-            train_loss,
-            train_acc,
-            *scores.get("test", (None, None)),
-            seconds=time.perf_counter() - t0,
-            val_loss=val[0],
-            val_acc=val[1],
-        )
-        state.history.append(result)
-        if on_epoch:
-            on_epoch(result, state)
-        yield result
+        scores = {
+            name: test_seeds(state.eval_model, x, y, amp, k_seeds) for name, (x, y) in data.eval_sets.items()
+        }
+        seconds = time.perf_counter() - t0
+        results: list[EpochResult | None] = []
+        for k in range(k_seeds):
+            if k in state.diverged:
+                results.append(None)
+                continue
+            test_score = scores["test"][k] if "test" in scores else (None, None)
+            val_score = scores["val"][k] if "val" in scores else (None, None)
+            result = EpochResult(
+                epoch,
+                lr,
+                *trained[k],
+                *test_score,
+                seconds=seconds,
+                val_loss=val_score[0],
+                val_acc=val_score[1],
+            )
+            state.histories[k].append(result)
+            results.append(result)
+        yield results, state

@@ -23,7 +23,7 @@ import torch
 from .. import steps
 from ..core.errors import LadderError
 from ..engine.models import count_parameters
-from ..steps import Step, UnknownStep
+from ..steps import Step
 
 # Step files being run right now: a file that looks steps up (`ml.step("step6")`) while it
 # loads must not load itself again.
@@ -159,15 +159,7 @@ class Catalog:
         """A step by name (built-in or the user's), `STEP.VARIANT`, or a step file's path."""
         if looks_like_path(name):
             return load_file(name)
-        parent, _, variant = name.partition(".")
-        if parent not in self.steps:
-            raise UnknownStep(name, tuple(self.steps))
-        if not variant:
-            return self.steps[parent]
-        try:
-            return self.steps[parent].variant(variant)
-        except KeyError:
-            raise UnknownStep(name, tuple(self.steps)) from None
+        return steps.get(name, self.steps)
 
 
 def catalog(steps_dir: Path | str | None = None) -> Catalog:

@@ -203,6 +203,28 @@ def verdict_line(row: RunRow, epochs: list[dict], reference: RunSet | None) -> s
     )
 
 
+def group_verdict(runs: list[tuple[RunRow, list[dict]]], reference: RunSet | None) -> str:
+    """The verdict of several seeds of one step (trained together): their mean and spread,
+    and how many hold the target, against the step's reference results."""
+    row, epochs = runs[0]
+    key = headline_key(row.protocol)
+    finals = [e[-1][key] for _, e in runs]
+    holding = sum(held(e, key) for _, e in runs)
+    spread = f" ± {statistics.stdev(finals):.2f}" if len(finals) > 1 else ""
+    line = (
+        f"verdict over {len(runs)} seeds: {row.params:,} parameters; final "
+        f"{'val' if key == 'val_acc' else 'test'} mean {statistics.fmean(finals):.2f}{spread} "
+        f"({min(finals):.2f}–{max(finals):.2f}); {TARGET} held in each of the last {LAST} epochs "
+        f"by {holding} of {len(runs)}"
+    )
+    if reference is None:
+        return line + "; no reference results for this step to compare with"
+    ref = [e[-1][key] for _, e in reference.runs.values() if len(e) == len(epochs)]
+    if not ref:
+        return line + "; the reference runs are of another length"
+    return line + f" — reference: mean {statistics.fmean(ref):.2f} over {len(ref)} seeds"
+
+
 def pareto_front(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
     """The (parameters, accuracy) points no smaller-or-equal network beats: the best of each
     size, kept only where it is more accurate than every smaller one. Of two networks of one

@@ -73,10 +73,11 @@ ADDED_COLUMNS = (
     ("lease_until", "REAL"),
     ("layout", "TEXT"),  # the memory layout the run trained in
     ("training_id", "TEXT"),  # what determines its training (runs/identity.py); NULL before 0.2
+    ("run_group", "TEXT"),  # the seeds trained together with it, packed (engine/pack.py); NULL alone
 )
 # SQLite's user_version: 0 for every store before versions were recorded (their tables are
 # this version's less the columns above); bumped, with a migration, by each later change.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: run_group
 LEASE_SECONDS = 60.0  # a run whose lease lapsed this long ago has no live process
 HEARTBEAT_SECONDS = 15.0
 
@@ -183,6 +184,7 @@ class RunRow:
     lease_until: float | None = None
     layout: str | None = None
     training_id: str | None = None
+    run_group: str | None = None
 
     @property
     def effective_status(self) -> str:
@@ -317,30 +319,35 @@ class Store:
 
     @_store_errors
     def add_run(self, row: RunRow, owner: str | None = None) -> None:
-        """Insert a run. With `owner`, the run is claimed in the same transaction, and refused
-        while another process trains the same configuration (two `ladder ladder` at once)."""
+        self.add_runs([row], owner)
+
+    @_store_errors
+    def add_runs(self, rows: list[RunRow], owner: str | None = None) -> None:
+        """Insert runs (the seeds of one group), all or none. With `owner`, they are claimed
+        in the same transaction, and refused while another process trains the same
+        configuration of any of them (two `ladder ladder` at once)."""
         self._check_same_file()
-        d = asdict(row)
-        d["recipe"] = json.dumps(row.recipe, sort_keys=True)
-        if owner is not None:
-            d.update(lease_owner=owner, lease_until=time.time() + LEASE_SECONDS)
-        cols = ", ".join(d)
-        self.db.execute("BEGIN IMMEDIATE")  # the check and the insert as one atomic step
+        self.db.execute("BEGIN IMMEDIATE")  # the checks and the inserts as one atomic step
         try:
-            if owner is not None:
-                twins = self.db.execute(
-                    "SELECT * FROM runs WHERE step=? AND seed=? AND training_id IS ? AND status='running'",
-                    (row.step, row.seed, row.training_id),
-                ).fetchall()
-                live = [t for t in map(self._row, twins) if t.effective_status == "running"]
-                if live:
-                    raise RunClaimed(
-                        f"{row.step} seed {row.seed} ({row.protocol}) is being "
-                        f"trained by another process now (run {live[0].id})"
-                    )
-            self.db.execute(
-                f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(d))})", tuple(d.values())
-            )
+            for row in rows:
+                d = asdict(row)
+                d["recipe"] = json.dumps(row.recipe, sort_keys=True)
+                if owner is not None:
+                    d.update(lease_owner=owner, lease_until=time.time() + LEASE_SECONDS)
+                    twins = self.db.execute(
+                        "SELECT * FROM runs WHERE step=? AND seed=? AND training_id IS ? "
+                        "AND status='running'",
+                        (row.step, row.seed, row.training_id),
+                    ).fetchall()
+                    live = [t for t in map(self._row, twins) if t.effective_status == "running"]
+                    if live:
+                        raise RunClaimed(
+                            f"{row.step} seed {row.seed} ({row.protocol}) is being "
+                            f"trained by another process now (run {live[0].id})"
+                        )
+                self.db.execute(
+                    f"INSERT INTO runs ({', '.join(d)}) VALUES ({', '.join('?' * len(d))})", tuple(d.values())
+                )
         except BaseException:
             self.db.rollback()
             raise
@@ -354,15 +361,21 @@ class Store:
             self.db.execute("DELETE FROM weights WHERE run_id=?", (run_id,))
             self.db.execute("DELETE FROM runs WHERE id=?", (run_id,))
 
-    @_store_errors
     def add_epoch(self, run_id: str, epoch: dict) -> None:
+        self.add_epochs([(run_id, epoch)])
+
+    @_store_errors
+    def add_epochs(self, epochs: list[tuple[str, dict]]) -> None:
+        """Epochs of several runs (one epoch of a group's seeds) in one transaction."""
         self._check_same_file()
-        cols = ["run_id", *epoch]
         with self.db:
-            self.db.execute(
-                f"INSERT OR REPLACE INTO epochs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                (run_id, *epoch.values()),
-            )
+            for run_id, epoch in epochs:
+                cols = ["run_id", *epoch]
+                marks = ", ".join("?" * len(cols))
+                self.db.execute(
+                    f"INSERT OR REPLACE INTO epochs ({', '.join(cols)}) VALUES ({marks})",
+                    (run_id, *epoch.values()),
+                )
 
     @_store_errors
     def put_weights(self, run_id: str, data: bytes) -> None:
@@ -387,25 +400,30 @@ class Store:
 
     # -------------------------------------------------------- claiming a run
 
-    @_store_errors
     def claim(self, run_id: str, owner: str) -> None:
-        """Take the run's lease, atomically: refused while another owner's lease is live and
-        its process is not known to be dead."""
+        self.claim_all([run_id], owner)
+
+    @_store_errors
+    def claim_all(self, run_ids: list[str], owner: str) -> None:
+        """Take the runs' leases (a group's seeds together), atomically, all or none: refused
+        while another owner's lease on any of them is live and its process not known dead."""
         self._check_same_file()
-        self.db.execute("BEGIN IMMEDIATE")  # the check and the update as one atomic step
+        self.db.execute("BEGIN IMMEDIATE")  # the checks and the updates as one atomic step
         try:
-            row = self.run(run_id)
-            if row.lease_owner not in (None, owner) and row.effective_status == "running":
-                until = datetime.fromtimestamp(row.lease_until or 0, UTC)
-                raise RunClaimed(
-                    f"run {run_id} is being trained by another process "
-                    f"({row.host}, pid {row.pid}); its lease runs until "
-                    f"{until:%H:%M:%S} UTC"
+            for run_id in run_ids:
+                row = self.run(run_id)
+                if row.lease_owner not in (None, owner) and row.effective_status == "running":
+                    until = datetime.fromtimestamp(row.lease_until or 0, UTC)
+                    raise RunClaimed(
+                        f"run {run_id} is being trained by another process "
+                        f"({row.host}, pid {row.pid}); its lease runs until "
+                        f"{until:%H:%M:%S} UTC"
+                    )
+                self.db.execute(
+                    "UPDATE runs SET lease_owner=?, lease_until=?, status='running', pid=?, host=? "
+                    "WHERE id=?",
+                    (owner, time.time() + LEASE_SECONDS, os.getpid(), socket.gethostname(), run_id),
                 )
-            self.db.execute(
-                "UPDATE runs SET lease_owner=?, lease_until=?, status='running', pid=?, host=? WHERE id=?",
-                (owner, time.time() + LEASE_SECONDS, os.getpid(), socket.gethostname(), run_id),
-            )
         except BaseException:
             self.db.rollback()
             raise
@@ -418,6 +436,12 @@ class Store:
                 "UPDATE runs SET lease_until=NULL, lease_owner=NULL WHERE id=? AND lease_owner=?",
                 (run_id, owner),
             )
+
+    @_store_errors
+    def group(self, run_group: str) -> list[RunRow]:
+        """The runs trained together in `run_group`, in the order of their seeds' packing."""
+        rows = self.db.execute("SELECT * FROM runs WHERE run_group=? ORDER BY rowid", (run_group,))
+        return [self._row(r) for r in rows]
 
     # -------------------------------------------------------- reading
 
@@ -512,10 +536,13 @@ class Heartbeat:
     """Renews a run's lease every few seconds from a thread with its own connection, until
     stopped: the lease lapses within a minute of the process dying, however it died."""
 
-    def __init__(self, path: Path, run_id: str, owner: str, every: float = HEARTBEAT_SECONDS) -> None:
-        self.path, self.run_id, self.owner, self.every = path, run_id, owner, every
+    def __init__(
+        self, path: Path, run_ids: str | list[str], owner: str, every: float = HEARTBEAT_SECONDS
+    ) -> None:
+        self.run_ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)
+        self.path, self.owner, self.every = path, owner, every
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True, name=f"lease-{run_id}")
+        self._thread = threading.Thread(target=self._beat, daemon=True, name=f"lease-{self.run_ids[0]}")
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -530,9 +557,9 @@ class Heartbeat:
             try:
                 db = sqlite3.connect(self.path, timeout=30)
                 with db:
-                    db.execute(
+                    db.executemany(
                         "UPDATE runs SET lease_until=? WHERE id=? AND lease_owner=?",
-                        (time.time() + LEASE_SECONDS, self.run_id, self.owner),
+                        [(time.time() + LEASE_SECONDS, run_id, self.owner) for run_id in self.run_ids],
                     )
                 db.close()
             except sqlite3.Error:

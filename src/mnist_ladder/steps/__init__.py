@@ -93,17 +93,20 @@ class UnknownStep(LadderError, KeyError):
         )
 
 
-def get(name: str) -> Step:
-    """A ladder step by name, or one of its tried variants as `STEP.VARIANT`."""
+def get(name: str, among: dict[str, Step] | None = None) -> Step:
+    """The one resolver of step names: a step by name, or one of its tried variants as
+    `STEP.VARIANT`, among the built-in ladder (or `among`: the catalog's merged one)."""
+    table = STEPS if among is None else among
+    known = None if among is None else tuple(among)
     parent, _, variant = name.partition(".")
-    if parent not in STEPS:
-        raise UnknownStep(name)
+    if parent not in table:
+        raise UnknownStep(name, known)
     if not variant:
-        return STEPS[parent]
+        return table[parent]
     try:
-        return STEPS[parent].variant(variant)
+        return table[parent].variant(variant)
     except KeyError:
-        raise UnknownStep(name) from None
+        raise UnknownStep(name, known) from None
 
 
 __all__ = [

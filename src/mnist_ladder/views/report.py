@@ -26,7 +26,7 @@ from ..core.errors import LadderError
 from ..core.files import check_output, safe_name, save_figure, write_atomic
 from ..core.goal import BUDGET, LAST, TARGET
 from ..runs.catalog import Catalog
-from ..runs.experiment import STORE_WEIGHTS_MAX_BYTES, weights_file
+from ..runs.experiment import STORE_WEIGHTS_MAX_BYTES, load_model, weights_file
 from ..runs.results import first_test_run, pareto_front, run_sets
 from ..runs.store import RunRow, StoreError, Stores
 from . import comparison, insight
@@ -284,15 +284,6 @@ def plot_curves(res: StepResults, path: Path) -> None:
     fig.tight_layout()
     save_figure(fig, path, DPI)
     plt.close(fig)
-
-
-def trained_model(weights: Path, step: steps.Step) -> torch.nn.Module:
-    """The step's network with a run's final weights, in eval mode."""
-    from ..runs.experiment import load_checkpoint
-
-    model = step.build()
-    model.load_state_dict(load_checkpoint(weights)["state_dict"])
-    return model.eval()
 
 
 def predictions(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -630,7 +621,7 @@ def step_section(
             ]
     else:
         images, labels = mnist_test
-        model = trained_model(weights, s)
+        model, _ = load_model(weights, s)
         pred = predictions(model, images)
         title = f"{s.name}, seed {run.row.seed}"
         wrong = plot_misclassified(pred, images, labels, title, figs / f"{tag}-misclassified.png")
