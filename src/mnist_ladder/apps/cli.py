@@ -22,6 +22,7 @@ from ..engine.models import count_parameters
 from ..runs.catalog import Catalog, StepFileError, catalog
 from ..runs.experiment import MAX_SEED, RunOptions, make_spec
 from ..runs.store import (
+    RunRow,
     Store,
     StoreError,
     Stores,
@@ -621,37 +622,51 @@ def cmd_new(a: argparse.Namespace) -> int:
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
-
     from ..runs.results import main_set, run_sets
     from ..views import comparison
 
     ladder = ladder_of(a)
+
+    def runs_side(name: str, rows: list[RunRow], stores: Stores) -> comparison.Side:
+        """Runs named by their id or their group: their seeds, as a step's would be."""
+        row = rows[0]
+        step = ladder.get(row.step) if looks_like_step(row.step, ladder) else None
+        return comparison.Side(
+            name,
+            row.params,
+            steps.Recipe.from_dict(row.recipe),
+            row.protocol,
+            {r.seed: stores.epochs(r.id) for r in rows},
+            step.build() if step else None,
+        )
+
+    def step_side(name: str, stores: Stores) -> comparison.Side:
+        step = ladder.get(name)
+        found = main_set(run_sets(stores, step))
+        if found is None:
+            raise CompareError(
+                f"{step.name} has no finished runs in "
+                + " or ".join(str(s.path) for s in stores.stores)
+                + f"; start some: `ladder ladder --steps {name} --seeds 3`"
+            )
+        return found.side(name)
+
     with open_stores(a) as stores:
         sides = []
         for name in (a.a, a.b):
-            if not looks_like_step(name, ladder):
-                row = stores.run(name)  # a run id: one seed
-                step = ladder.get(row.step) if looks_like_step(row.step, ladder) else None
-                sides.append(
-                    comparison.Side(
-                        name,
-                        row.params,
-                        steps.Recipe.from_dict(row.recipe),
-                        row.protocol,
-                        {row.seed: stores.epochs(row.id)},
-                        step.build() if step else None,
-                    )
-                )
-                continue
-            step = ladder.get(name)
-            found = main_set(run_sets(stores, step))
-            if found is None:
-                raise CompareError(
-                    f"{step.name} has no finished runs in "
-                    + " or ".join(str(s.path) for s in stores.stores)
-                    + f"; start some: `ladder ladder --steps {name} --seeds 3`"
-                )
-            sides.append(found.side(name))
+            step_name, at, where = name.partition("@")
+            if at:  # STEP@STORE: that step's runs in that store only ('reference': the project's)
+                path = reference_db_path() if where == "reference" else Path(where)
+                if not path.is_file():
+                    raise CompareError(f"{name}: no results store at {path}")
+                with Stores([path]) as one:
+                    sides.append(step_side(step_name, one))
+            elif looks_like_step(name, ladder):
+                sides.append(step_side(name, stores))
+            elif group := [r for r in stores.group(name) if r.status == "finished"]:
+                sides.append(runs_side(name, group, stores))  # a run group: its finished seeds
+            else:
+                sides.append(runs_side(name, [stores.run(name)], stores))  # a run id: one seed
         c = comparison.compare(*sides)
     if a.json:
         print(json.dumps(comparison.to_json(c), indent=1))
@@ -796,7 +811,11 @@ def build_parser() -> Parser:
     s = sub.add_parser(
         "compare", parents=[common], help="what a change bought: two steps (or runs) over seeds"
     )
-    s.add_argument("a", help="a step, STEP.VARIANT, step file or run id (the baseline)")
+    s.add_argument(
+        "a",
+        help="a step, STEP.VARIANT, step file, run id or run group (the baseline); "
+        "STEP@STORE: that step's runs in that store only (STEP@reference: the project's)",
+    )
     s.add_argument("b", help="the same, for the change")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--figure", type=Path, help="also write both accuracy curves to this PNG")

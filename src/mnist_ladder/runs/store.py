@@ -440,6 +440,8 @@ class Store:
     @_store_errors
     def group(self, run_group: str) -> list[RunRow]:
         """The runs trained together in `run_group`, in the order of their seeds' packing."""
+        if "run_group" not in {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}:
+            return []  # a store from before groups, not yet migrated: none in it
         rows = self.db.execute("SELECT * FROM runs WHERE run_group=? ORDER BY rowid", (run_group,))
         return [self._row(r) for r in rows]
 
@@ -615,3 +617,9 @@ class Stores:
 
     def origin(self, run_id: str) -> Path:
         return self._owner(run_id).path
+
+    def group(self, run_group: str) -> list[RunRow]:
+        for s in self.stores:
+            if rows := s.group(run_group):
+                return rows
+        return []
