@@ -77,11 +77,19 @@ def flops_per_image() -> int:
 # ---------------------------------------------------------------- our pipeline
 
 
+def choose_layout(step, recipe, device: torch.device, amp: bool, d) -> str:
+    """`layout.choose`, cached under the identity a test-protocol run of `step` would have."""
+    from mnist_ladder.runs.identity import training_identity
+
+    identity = training_identity(step, None, recipe, "test", amp)
+    return layout.choose(step, recipe, device, amp, d, identity=identity)
+
+
 def chosen_layout(mnist: data.MNIST) -> str:
     """The layout a run of Step 6 would use here (measured once, then cached)."""
     device = torch.device("cpu")
     d = T.prepare(mnist, device, train_limit=STEP.recipe.batch_size, eval_limit=10)
-    return layout.choose(STEP, STEP.recipe, device, T.pick_amp("auto", device), d)
+    return choose_layout(STEP, STEP.recipe, device, T.pick_amp("auto", device), d)
 
 
 def ours_images_per_s(
@@ -334,7 +342,7 @@ def full_run(
     recipe = full_recipe(batch_size) if step_name == "step6" else step.recipe
     if epochs:
         recipe = dataclasses.replace(recipe, epochs=epochs)
-    name = layout.choose(step, recipe, device, amp, d)
+    name = choose_layout(step, recipe, device, amp, d)
     hist = []
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for r in T.fit(step, d, recipe, seed=seed, amp=amp, layout=name):
@@ -349,6 +357,70 @@ def full_run(
         "faults_per_step": faults / steps_run,
         "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def together_run(mnist: data.MNIST, seeds: int, epochs: int, amp: bool) -> dict:
+    """Step 6's seeds 1..`seeds` trained together, packed (engine/pack.py), for `epochs`
+    epochs of the test protocol: wall time from the data on, per-seed epoch time, peak RSS."""
+    device = torch.device("cpu")
+    t = time.perf_counter()
+    d = T.prepare(mnist, device)
+    recipe = dataclasses.replace(STEP.recipe, epochs=epochs)
+    name = choose_layout(STEP, recipe, device, amp, d)
+    epoch_s = []
+    for results, _ in T.fit_seeds(STEP, d, recipe, seeds=list(range(1, seeds + 1)), amp=amp, layout=name):
+        epoch_s.append(results[0].seconds)
+    return {
+        "wall_s": time.perf_counter() - t,
+        "seed_epoch_s": statistics.mean(epoch_s) / seeds,
+        "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def together_table(epochs: int) -> list[tuple[str, str]]:
+    """K = 1, 2, 5 seeds together, each in a process of its own (its peak memory its own),
+    at the machine's precision and in fp32, against K separate runs (K x the K = 1 run)."""
+    import json
+    import subprocess
+
+    rows = []
+    for precision in ("auto", "off"):
+        amp = T.pick_amp(precision, torch.device("cpu"))
+        label = "bf16" if amp else "fp32"
+        one = None
+        for k in (1, 2, 5):
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--together-child",
+                    str(k),
+                    "--child-epochs",
+                    str(epochs),
+                    "--child-precision",
+                    precision,
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+                check=True,
+            )
+            f = json.loads(r.stdout.strip().splitlines()[-1])
+            one = one or f
+            rows.append(
+                (
+                    f"{k} seed(s) of Step 6 together, {epochs} epoch(s), {label}: "
+                    "wall / per-seed epoch / peak",
+                    f"{f['wall_s']:.0f} s / {f['seed_epoch_s']:.2f} s / {f['rss_mib']:.0f} MiB",
+                )
+            )
+            if k > 1:
+                rows.append(
+                    (
+                        f"  against {k} separate runs ({k} x the 1-seed wall), {label}",
+                        f"{k * one['wall_s']:.0f} s: {f['wall_s'] / one['wall_s']:.2f}x one seed's wall",
+                    )
+                )
+    return rows
 
 
 ABLATIONS = [
@@ -453,6 +525,15 @@ def main() -> None:
     ap.add_argument("--child-step", default="step6", help=argparse.SUPPRESS)
     ap.add_argument("--child-seed", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--child-epochs", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--together-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--child-precision", default="auto", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--together",
+        type=int,
+        metavar="EPOCHS",
+        help="also time 1, 2 and 5 Step 6 seeds trained together for EPOCHS epochs (15: the target's)",
+    )
+    ap.add_argument("--together-only", action="store_true", help="with --together: that table alone")
     ap.add_argument(
         "--versus",
         metavar="GIT_REF",
@@ -473,7 +554,24 @@ def main() -> None:
 
         print(json.dumps(full_run(mnist, a.full_child, a.child_step, a.child_seed, a.child_epochs)))
         return
+    if a.together_child is not None:
+        import json
+
+        amp = T.pick_amp(a.child_precision, torch.device("cpu"))
+        print(json.dumps(together_run(mnist, a.together_child, a.child_epochs or 15, amp)))
+        return
     print(f"machine: {machine()}")
+    if a.together:
+        print(f"seeds together, {a.together} epoch(s) each:")
+        together = together_table(a.together)
+        print("\n".join(f"| {k} | {v} |" for k, v in together))
+        if a.write_docs:  # a table of its own on the page: it needs no rerun of the others
+            write_docs(
+                ["| measure | value |", "|---------|-------|", *(f"| {k} | {v} |" for k, v in together)],
+                "together",
+            )
+        if a.together_only:
+            return
     chosen = chosen_layout(mnist)
     print(f"layout: {chosen} (layout.choose, cached in {layout.cache_path()})")
     if a.profile:
@@ -535,10 +633,10 @@ def main() -> None:
         write_docs(table)
 
 
-def write_docs(table: list[str]) -> None:
+def write_docs(table: list[str], marker: str = "bench") -> None:
     page = Path(__file__).resolve().parents[1] / "docs" / "speed.md"
     text = page.read_text()
-    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     stamp = f"Measured {time.strftime('%Y-%m-%d')} on: {machine()}"

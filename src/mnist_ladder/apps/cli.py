@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -538,6 +539,47 @@ def cmd_runs(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    """`ladder evaluate RUN|STEP --suite corrupted`: each finished run's accuracy under the
+    corrupted set, from its stored weights, into the store that holds the run."""
+    from ..runs import corrupted
+    from ..runs.results import headline_key
+
+    path = write_db(a)
+    if not path.is_file():
+        raise StoreError(f"no results store at {path}")
+    mnist = data.load(a.data_dir, a.idx_dir)
+    with Store(path) as store:
+        ladder = ladder_of(a)
+        if looks_like_step(a.target, ladder):
+            name = ladder.get(a.target).name
+            rows = [r for r in store.runs(name) if r.status == "finished"]
+            if not rows:
+                raise StoreError(f"{name} has no finished runs in {path}")
+        else:
+            rows = [store.run(a.target)]
+        measured = 0
+        for row in rows:
+            if store.robustness(row.id, a.suite) and not a.again:
+                print(f"{row.id}: already measured (--again measures it again)")
+                continue
+            t = time.perf_counter()
+            scores = corrupted.measure(row, store, mnist)
+            if isinstance(scores, str):
+                print(f"{row.id}: {scores}")
+                continue
+            split = corrupted.split_of(row)
+            store.put_robustness(row.id, a.suite, split, scores, corrupted.eval_limit(row.protocol) or 10_000)
+            measured += 1
+            print(
+                f"{row.id}: corrupted {split} mean {corrupted.mean_accuracy(scores):.2f}% "
+                f"(clean {store.epochs(row.id)[-1][headline_key(row.protocol)]:.2f}%), "
+                f"{time.perf_counter() - t:.1f}s"
+            )
+    print(f"{measured} run(s) measured into {path}")
+    return 0
+
+
 def cmd_show(a: argparse.Namespace) -> int:
     from ..engine.train import EpochResult
     from ..runs.experiment import epoch_line
@@ -959,6 +1001,13 @@ def build_parser() -> Parser:
     s.add_argument("--step", help="only this step's runs")
     s.add_argument("--limit", type=positive_int, help="at most this many")
     s.set_defaults(func=cmd_runs)
+    s = sub.add_parser(
+        "evaluate", parents=[common], help="a run's (or a step's runs') accuracy on the corrupted set"
+    )
+    s.add_argument("target", help="a run id, or a step (its finished runs in the store)")
+    s.add_argument("--suite", choices=["corrupted"], default="corrupted")
+    s.add_argument("--again", action="store_true", help="measure runs measured before again")
+    s.set_defaults(func=cmd_evaluate)
     s = sub.add_parser("show", parents=[common], help="one run, epoch by epoch")
     s.add_argument("run")
     s.add_argument(

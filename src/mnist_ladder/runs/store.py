@@ -77,7 +77,18 @@ ADDED_COLUMNS = (
 )
 # SQLite's user_version: 0 for every store before versions were recorded (their tables are
 # this version's less the columns above); bumped, with a migration, by each later change.
-SCHEMA_VERSION = 2  # 2: run_group
+SCHEMA_VERSION = 3  # 2: run_group; 3: may hold the robustness table (made when first written)
+ROBUSTNESS = """
+CREATE TABLE IF NOT EXISTS robustness (  -- a finished run's accuracy on a corrupted set
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    suite TEXT NOT NULL,             -- 'corrupted' (runs/corrupted.py)
+    split TEXT NOT NULL,             -- test | val: which images were corrupted
+    corruption TEXT NOT NULL,
+    accuracy REAL NOT NULL,
+    images INTEGER NOT NULL,
+    PRIMARY KEY (run_id, suite, corruption)
+);
+"""
 LEASE_SECONDS = 60.0  # a run whose lease lapsed this long ago has no live process
 HEARTBEAT_SECONDS = 15.0
 
@@ -261,7 +272,8 @@ class Store:
                     for name, kind in ADDED_COLUMNS:
                         if name not in have:
                             self.db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
-                    self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                    # the version says which tables it has: 3 once the robustness table is in it
+                    self.db.execute(f"PRAGMA user_version={3 if self._has('robustness') else 2}")
             self.db.row_factory = sqlite3.Row
             self._check_tables()
         except BaseException as e:  # refused: the connection closes with it (an open file
@@ -473,6 +485,37 @@ class Store:
         cur = self.db.execute("SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,))
         return [dict(r) for r in cur]
 
+    def _has(self, table: str) -> bool:
+        return (
+            self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone()
+            is not None
+        )
+
+    @_store_errors
+    def put_robustness(
+        self, run_id: str, suite: str, split: str, scores: dict[str, float], images: int
+    ) -> None:
+        """A run's accuracy under each corruption of `suite`; the table is made on first write."""
+        self._check_same_file()
+        if not self._has("robustness"):
+            self.db.executescript(ROBUSTNESS)
+            self.db.execute("PRAGMA user_version=3")
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO robustness VALUES (?, ?, ?, ?, ?, ?)",
+                [(run_id, suite, split, name, acc, images) for name, acc in scores.items()],
+            )
+
+    @_store_errors
+    def robustness(self, run_id: str, suite: str = "corrupted") -> dict[str, float] | None:
+        """corruption -> accuracy %, or None: not measured (a store without the table too)."""
+        if not self._has("robustness"):
+            return None
+        rows = self.db.execute(
+            "SELECT corruption, accuracy FROM robustness WHERE run_id=? AND suite=?", (run_id, suite)
+        ).fetchall()
+        return {r[0]: r[1] for r in rows} or None
+
     @_store_errors
     def weights(self, run_id: str) -> bytes | None:
         r = self.db.execute("SELECT data FROM weights WHERE run_id = ?", (run_id,)).fetchone()
@@ -614,6 +657,9 @@ class Stores:
 
     def weights(self, run_id: str) -> bytes | None:
         return self._owner(run_id).weights(run_id)
+
+    def robustness(self, run_id: str, suite: str = "corrupted") -> dict[str, float] | None:
+        return self._owner(run_id).robustness(run_id, suite)
 
     def origin(self, run_id: str) -> Path:
         return self._owner(run_id).path
