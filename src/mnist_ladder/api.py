@@ -204,5 +204,5 @@ def compare(
                 raise _compare.CompareError(
                     f"{s.name} has no finished runs in your store or the reference results; fit it first"
                 )
-            sides.append(found.side())
+            sides.append(found.side(stores=stores))
         return _compare.compare(*sides)

@@ -664,7 +664,7 @@ def cmd_new(a: argparse.Namespace) -> int:
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
-    from ..runs.results import main_set, run_sets
+    from ..runs.results import main_set, run_sets, with_robustness
     from ..views import comparison
 
     ladder = ladder_of(a)
@@ -673,7 +673,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
         """Runs named by their id or their group: their seeds, as a step's would be."""
         row = rows[0]
         step = ladder.get(row.step) if looks_like_step(row.step, ladder) else None
-        return comparison.Side(
+        side = comparison.Side(
             name,
             row.params,
             steps.Recipe.from_dict(row.recipe),
@@ -681,6 +681,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
             {r.seed: stores.epochs(r.id) for r in rows},
             step.build() if step else None,
         )
+        return with_robustness(side, {r.seed: r.id for r in rows}, stores)
 
     def step_side(name: str, stores: Stores) -> comparison.Side:
         step = ladder.get(name)
@@ -691,7 +692,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
                 + " or ".join(str(s.path) for s in stores.stores)
                 + f"; start some: `ladder ladder --steps {name} --seeds 3`"
             )
-        return found.side(name)
+        return found.side(name, stores)
 
     with open_stores(a) as stores:
         sides = []

@@ -35,6 +35,16 @@ class Side:
     protocol: str  # test | val | val-only, with ":train=...,eval=..." for a data subset
     runs: Mapping[int, Sequence[Mapping]]  # seed -> that run's per-epoch rows, oldest first
     model: nn.Module | None = None  # a freshly built model, for the per-layer diff
+    robustness: Mapping[int, float] | None = None  # seed -> mean corrupted-set accuracy
+
+
+def with_robustness(side: Side, run_ids: Mapping[int, str], stores) -> Side:
+    """`side` with each seed's mean accuracy on the corrupted set, where it was measured."""
+    from .corrupted import mean_accuracy
+
+    found = {seed: mean_accuracy(stores.robustness(i)) for seed, i in run_ids.items()}
+    measured = {seed: v for seed, v in found.items() if v is not None}
+    return dataclasses.replace(side, robustness=measured or None)
 
 
 @dataclass
@@ -55,8 +65,9 @@ class RunSet:
     def mean_final(self) -> float:
         return statistics.fmean(self.finals)
 
-    def side(self, label: str | None = None) -> Side:
-        return Side(
+    def side(self, label: str | None = None, stores=None) -> Side:
+        """The runs as a comparison's side; with `stores`, their robustness too."""
+        side = Side(
             label or self.step.name,
             self.step.params,
             self.recipe,
@@ -64,6 +75,9 @@ class RunSet:
             {seed: e for seed, (_, e) in sorted(self.runs.items())},
             self.step.build(),
         )
+        if stores is None:
+            return side
+        return with_robustness(side, {seed: row.id for seed, (row, _) in self.runs.items()}, stores)
 
     @property
     def recipe(self):

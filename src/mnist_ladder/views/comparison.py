@@ -11,6 +11,7 @@ excludes 0, and not judged at all with fewer than MIN_SEEDS seeds on a side.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import statistics
@@ -86,6 +87,17 @@ class Comparison:
     b_holding: tuple[int, ...] | None  # None when fewer than LAST epochs are compared
     recipe_diff: tuple[FieldDiff, ...]
     layer_diff: tuple[LayerDiff, ...] | None  # None when a side has no model
+    robustness: Robustness | None = None  # None when a side's runs were not measured
+
+
+@dataclass(frozen=True)
+class Robustness:
+    """Mean accuracy on the corrupted set (runs/corrupted.py), per seed, B against A."""
+
+    a_values: Mapping[int, float]
+    b_values: Mapping[int, float]
+    interval: Interval | None
+    verdict: str
 
     def __str__(self) -> str:  # print(ml.compare(...)) in a notebook
         return format_text(self)
@@ -266,7 +278,16 @@ def compare(a: Side, b: Side) -> Comparison:
         _holding(b, metric, epoch),
         recipe_diff(a.recipe, b.recipe),
         layers,
+        _robustness(a, b),
     )
+
+
+def _robustness(a: Side, b: Side) -> Robustness | None:
+    if not a.robustness or not b.robustness:
+        return None
+    ra, rb = dict(a.robustness), dict(b.robustness)
+    iv = welch_interval(list(ra.values()), list(rb.values()))
+    return Robustness(ra, rb, iv, verdict(iv, len(ra), len(rb)))
 
 
 # ---------------------------------------------------------------- output
@@ -321,6 +342,16 @@ def format_text(c: Comparison) -> str:
         lines.append(
             f"Seeds ≥ {TARGET} in each of the last {LAST} epochs "
             f"({c.epoch - LAST + 1}-{c.epoch}): " + "; ".join(held)
+        )
+    r = c.robustness
+    if r is None:
+        lines.append("Robustness (corrupted set): not measured on both sides (`ladder evaluate STEP`)")
+    else:
+        ma, mb = statistics.fmean(r.a_values.values()), statistics.fmean(r.b_values.values())
+        spread = "" if r.interval is None else f" ± {r.interval.half_width:.2f}"
+        lines.append(
+            f"Robustness, mean accuracy on the corrupted set ({len(r.a_values)} and {len(r.b_values)} "
+            f"seeds): A {ma:.2f}, B {mb:.2f}; B - A: {mb - ma:+.2f}{spread}: {r.verdict}"
         )
     lines += ["", "Recipe, A → B:" if c.recipe_diff else "Recipe: the same"]
     width = max((len(d.field) for d in c.recipe_diff), default=0)
@@ -378,6 +409,15 @@ def to_json(c: Comparison) -> dict:
         "verdict": c.verdict,
         "target": TARGET,
         "last": LAST,
+        "robustness": None
+        if c.robustness is None
+        else {
+            "suite": "corrupted",
+            "a": dict(c.robustness.a_values),
+            "b": dict(c.robustness.b_values),
+            "interval": None if c.robustness.interval is None else dataclasses.asdict(c.robustness.interval),
+            "verdict": c.robustness.verdict,
+        },
         "recipe_diff": [{"field": d.field, "a": d.a, "b": d.b} for d in c.recipe_diff],
         "layer_diff": None
         if c.layer_diff is None
