@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 
 from .. import steps
@@ -26,6 +27,7 @@ from ..core.errors import LadderError
 from ..core.files import check_output, safe_name, save_figure, write_atomic
 from ..core.goal import BUDGET, LAST, TARGET
 from ..runs.catalog import Catalog
+from ..runs.corrupted import CORRUPTIONS, mean_accuracy
 from ..runs.experiment import STORE_WEIGHTS_MAX_BYTES, load_model, weights_file
 from ..runs.results import first_test_run, pareto_front, run_sets
 from ..runs.store import RunRow, StoreError, Stores
@@ -41,6 +43,11 @@ class ReportError(LadderError, RuntimeError):
 class SeedRun:
     row: RunRow
     epochs: list[dict]
+    corrupted: dict[str, float] | None = None  # accuracy under each corruption; None: not measured
+
+    @property
+    def robustness(self) -> float | None:
+        return mean_accuracy(self.corrupted)
 
     def series(self, key: str) -> list[float]:
         return [e[key] for e in self.epochs]
@@ -92,6 +99,7 @@ class StepResults:
             self.step.recipe,
             self.protocol,
             {r.row.seed: r.epochs for r in self.runs},
+            robustness={r.row.seed: r.robustness for r in self.runs if r.robustness is not None} or None,
         )
 
     def stat(self, attr: str) -> tuple[float, float, float]:
@@ -485,10 +493,19 @@ def versus(prev: StepResults, res: StepResults) -> str:
         "final test accuracy" if c.epoch == res.epochs == prev.epochs else f"test accuracy at epoch {c.epoch}"
     )
     diff = f"{c.interval.diff:+.2f} ± {c.interval.half_width:.2f}" if c.interval else f"{b - a:+.2f}"
-    return (
+    line = (
         f"Versus {prev.step.name}: {res.step.params - prev.step.params:+,} parameters, "
         f"{where} {diff} points ({a:.2f} → {b:.2f}; ± is the 95% interval over seeds): "
         f"{c.verdict}."
+    )
+    r = c.robustness
+    if r is None:
+        return line + " Robustness (the corrupted set): not measured on both."
+    ra, rb = statistics.fmean(r.a_values.values()), statistics.fmean(r.b_values.values())
+    spread = f" ± {r.interval.half_width:.2f}" if r.interval else ""
+    return line + (
+        f" On the corrupted set it {'bought' if rb >= ra else 'cost'} {rb - ra:+.2f}{spread} points "
+        f"({ra:.2f} → {rb:.2f}, mean over its fifteen corruptions): {r.verdict}."
     )
 
 
@@ -653,11 +670,37 @@ def step_section(
     return lines
 
 
+def plot_robustness(results: list[StepResults], path: Path) -> None:
+    """Steps by corruptions: each cell the step's mean accuracy under that corruption, its
+    colour the difference from the corruption's mean over the steps (a diverging scale)."""
+    names = list(CORRUPTIONS)
+    grid = np.array(
+        [
+            [statistics.fmean(r.corrupted[k] for r in res.runs if r.corrupted) for k in names]
+            for res in results
+        ]
+    )
+    centred = grid - grid.mean(axis=0, keepdims=True)
+    bound = max(1.0, float(np.abs(centred).max()))
+    fig, ax = plt.subplots(figsize=(13, 0.45 * len(results) + 2.2))
+    image = ax.imshow(centred, cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto")
+    ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], rotation=40, ha="right")
+    ax.set_yticks(range(len(results)), [f"{r.step.name} ({r.step.params:,})" for r in results])
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(image, ax=ax, label="points above (blue) or below (red) the corruption's mean")
+    ax.set_title("Accuracy (%) on the corrupted test set, mean over seeds")
+    fig.tight_layout()
+    save_figure(fig, path, DPI)
+    plt.close(fig)
+
+
 def overview(results: list[StepResults]) -> list[str]:
     lines = [
         "| step | protocol | parameters | seeds | best test | final test (min) "
-        f"| seeds holding ≥ {TARGET} (last {LAST}) | seed doc best / final | wall time |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| seeds holding ≥ {TARGET} (last {LAST}) | corrupted | seed doc best / final | wall time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for res in results:
         n = len(res.runs)
@@ -669,10 +712,17 @@ def overview(results: list[StepResults]) -> list[str]:
             else "-"
         )
         wall = statistics.fmean(r.row.wall_seconds or 0 for r in res.runs)
+        measured = [r.robustness for r in res.runs if r.robustness is not None]
+        robust = (
+            f"{fmt(statistics.fmean(measured), statistics.pstdev(measured), len(measured))}"
+            + (f" ({len(measured)} of {n})" if len(measured) < n else "")
+            if measured
+            else "not measured"
+        )
         lines.append(
             f"| {res.step.name} | {res.label} | {res.step.params:,} | {n} | "
             f"{fmt(best, best_std, n)} | {fmt(final, final_std, n)} ({final_min:.2f}) | "
-            f"{res.seeds_holding}/{n} | {doc} | {wall:.0f} s |"
+            f"{res.seeds_holding}/{n} | {robust} | {doc} | {wall:.0f} s |"
         )
     return lines
 
@@ -729,6 +779,9 @@ def _write(
     ladder: Catalog,
 ) -> str:
     grouped = gather(stores, ladder, skipped)
+    for res in grouped.values():
+        for run in res.runs:
+            run.corrupted = stores.robustness(run.row.id)
     tried = gather_tried(stores, ladder, skipped)
     runs_total = len(stores.runs())
     order = {name: i for i, name in enumerate(ladder.steps)}
@@ -749,6 +802,17 @@ def _write(
         plot_params_vs_accuracy(
             [r for r in results if r.protocol == "test"] or results, figs / "params-vs-accuracy.png"
         )
+        measured = [r for r in results if r.protocol == "test" and any(x.corrupted for x in r.runs)]
+        if measured:
+            plot_robustness(measured, figs / "robustness.png")
+            lines += [
+                "Robustness: accuracy on the corrupted test set (fifteen corruptions in the spirit of "
+                "MNIST-C, `docs/robustness.md`), mean over each step's measured seeds; the colour is "
+                "the difference from that corruption's mean over the steps shown.",
+                "",
+                "![robustness by step and corruption](report/robustness.png)",
+                "",
+            ]
     else:
         lines += ["No finished runs yet: `ladder ladder --seeds 3` runs the whole ladder.", ""]
     prev_by_protocol: dict[str, StepResults] = {}
