@@ -77,7 +77,8 @@ ADDED_COLUMNS = (
 )
 # SQLite's user_version: 0 for every store before versions were recorded (their tables are
 # this version's less the columns above); bumped, with a migration, by each later change.
-SCHEMA_VERSION = 3  # 2: run_group; 3: may hold the robustness table (made when first written)
+SCHEMA_VERSION = 3  # 2: run_group; 3: holds the robustness table (made when first written)
+BASE_VERSION = 2  # a store of today's tables without the robustness table
 ROBUSTNESS = """
 CREATE TABLE IF NOT EXISTS robustness (  -- a finished run's accuracy on a corrupted set
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -273,7 +274,9 @@ class Store:
                         if name not in have:
                             self.db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
                     # the version says which tables it has: 3 once the robustness table is in it
-                    self.db.execute(f"PRAGMA user_version={3 if self._has('robustness') else 2}")
+                    self.db.execute(
+                        f"PRAGMA user_version={SCHEMA_VERSION if self._has('robustness') else BASE_VERSION}"
+                    )
             self.db.row_factory = sqlite3.Row
             self._check_tables()
         except BaseException as e:  # refused: the connection closes with it (an open file
@@ -499,7 +502,7 @@ class Store:
         self._check_same_file()
         if not self._has("robustness"):
             self.db.executescript(ROBUSTNESS)
-            self.db.execute("PRAGMA user_version=3")
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         with self.db:
             self.db.executemany(
                 "INSERT OR REPLACE INTO robustness VALUES (?, ?, ?, ?, ?, ?)",
