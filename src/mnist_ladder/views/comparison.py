@@ -89,6 +89,9 @@ class Comparison:
     layer_diff: tuple[LayerDiff, ...] | None  # None when a side has no model
     robustness: Robustness | None = None  # None when a side's runs were not measured
 
+    def __str__(self) -> str:  # print(ml.compare(...)) in a notebook
+        return format_text(self)
+
 
 @dataclass(frozen=True)
 class Robustness:
@@ -98,9 +101,6 @@ class Robustness:
     b_values: Mapping[int, float]
     interval: Interval | None
     verdict: str
-
-    def __str__(self) -> str:  # print(ml.compare(...)) in a notebook
-        return format_text(self)
 
 
 # ---------------------------------------------------------------- statistics
