@@ -539,14 +539,12 @@ def fit_seeds(
         )
         try:
             trained = train(state, data, epoch_recipe, amp, desc=f"{step.name} epoch {epoch}/{recipe.epochs}")
-        except Diverged as e:
+        except Diverged as e:  # every seed diverged: the last one says where
+            raise Diverged(e.batch, e.batches, epoch) from None
+        finally:  # a seed that diverged in this epoch is told which epoch it was
             for k, d in state.diverged.items():
                 if d.epoch is None:
                     state.diverged[k] = Diverged(d.batch, d.batches, epoch)
-            raise Diverged(e.batch, e.batches, epoch) from None
-        for k, d in state.diverged.items():
-            if d.epoch is None:
-                state.diverged[k] = Diverged(d.batch, d.batches, epoch)
         if state.scheduler is not None and not state.per_batch:
             state.scheduler.step()
         scores = {

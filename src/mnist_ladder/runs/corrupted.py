@@ -13,7 +13,6 @@ in the engine: it evaluates runs and trains nothing, so it is in no run's traini
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -355,7 +354,3 @@ def fixture_digest(n: int = 8) -> dict[str, str]:
 
     images, _ = split_images(load_mnist(), "test")
     return {name: _digest(corrupt(name, images[:n], "test").tobytes()) for name in CORRUPTIONS}
-
-
-def describe() -> str:
-    return json.dumps({"suite": SUITE, "version": VERSION, "seed": SEED, "corruptions": list(CORRUPTIONS)})
